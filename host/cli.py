@@ -1,0 +1,50 @@
+"""The `tinyfleet` command: one dispatch table from command name to handler module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import TinyFleetError
+
+# command -> (module under tinyfleet.commands, one-line help).
+# A command module keeps its top level light (argparse only); heavy imports
+# (numpy, paho, mpremote) happen inside run(), so `tinyfleet --help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "one simulated board learning the sine task online (MicroPython)"),
+    "bench": ("bench", "benchmarks: kernels (µs/step, bytes/step) and rounds"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyfleet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tinyfleet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"tinyfleet.commands.{module_name}")
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(cmd)
+        cmd.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and exit code 1."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except TinyFleetError as exc:
+        print(f"tinyfleet: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tinyfleet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
