@@ -1,0 +1,103 @@
+"""Kernel benchmark, run ON MicroPython by `tinyfleet bench kernels` (host/bench_kernels.py).
+
+Reads bench_cfg.json from the staged board root; for each case and kernel prints one JSON line:
+µs per SGD step (median of the timed repeats, GC enabled as in real use) and bytes allocated
+per step (gc.mem_alloc delta over `alloc_steps` steps with the GC disabled).
+"""
+
+import gc
+import json
+import sys
+import time
+from array import array
+
+_MASK = const(15)  # the case's 16 samples are used round-robin
+
+
+def _run(step, xs, ys, n):
+    i = 0
+    while i < n:
+        j = i & _MASK
+        step(xs[j], ys[j])
+        i += 1
+
+
+def _alloc_per_step(step, xs, ys, n):
+    gc.collect()
+    gc.disable()
+    try:
+        a0 = gc.mem_alloc()
+        _run(step, xs, ys, n)
+        a1 = gc.mem_alloc()
+    finally:
+        gc.enable()
+    return (a1 - a0) / n
+
+
+def _us_per_step(step, xs, ys, n, repeats):
+    runs = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.ticks_us()
+        _run(step, xs, ys, n)
+        runs.append(time.ticks_diff(time.ticks_us(), t0) / n)
+    runs.sort()
+    return runs[len(runs) // 2], runs
+
+
+def _model(kernel, case):
+    """(train_step, xs, ys) for `kernel`, all starting from the case's weights and samples."""
+    sizes, classify, s = case["sizes"], case["classify"], case["lr_shift"]
+    if kernel == "naive":
+        from naive_mlp import NaiveMLP
+
+        m = NaiveMLP(sizes, classify, s, case["weights"])
+        xs = [[v / 4096 for v in x] for x in case["xs"]]
+        ys = case["ys"] if classify else [[v / 4096 for v in y] for y in case["ys"]]
+        return m.train_step, xs, ys
+    if kernel == "ulab":
+        try:
+            import ulab  # noqa: F401
+        except ImportError:
+            raise _Unavailable("ulab is not importable on this MicroPython build")
+    import mlp
+
+    m = mlp.MLP(sizes, classify=classify, lr_shift=s, kernel=kernel)
+    if m.kernel != kernel:
+        raise _Unavailable("MLP chose kernel %r instead" % m.kernel)
+    m.set_weights(array("i", case["weights"]))
+    xs = [array("i", x) for x in case["xs"]]
+    ys = case["ys"] if classify else [array("i", y) for y in case["ys"]]
+    return m.train_step, xs, ys
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def main():
+    with open("bench_cfg.json") as f:
+        cfg = json.load(f)
+    impl = sys.implementation
+    print(json.dumps({"platform": sys.platform, "version": "%d.%d.%d" % impl.version[:3],
+                      "maxsize_bits": 64 if sys.maxsize > 2**32 else 32}))
+    steps, repeats, alloc_steps = cfg["steps"], cfg["repeats"], cfg["alloc_steps"]
+    for case in cfg["cases"]:
+        for kernel in cfg["kernels"]:
+            row = {"case": case["name"], "kernel": kernel, "available": False}
+            try:
+                step, xs, ys = _model(kernel, case)
+                _run(step, xs, ys, 16)  # warm up (first-call allocations, caches)
+                row["bytes_per_step"] = _alloc_per_step(step, xs, ys, alloc_steps)
+                row["us_per_step"], row["repeats_us"] = _us_per_step(step, xs, ys, steps, repeats)
+                row["available"] = True
+            except _Unavailable as exc:
+                row["note"] = str(exc)
+            except Exception as exc:  # report, keep benchmarking the others
+                row["note"] = "%s: %s" % (type(exc).__name__, exc)
+            step = xs = ys = None
+            gc.collect()
+            print(json.dumps(row))
+
+
+main()
