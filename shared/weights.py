@@ -69,6 +69,16 @@ def zeros(n):
         return array("i", [0]) * n
 
 
+def header_size(n_sizes):
+    """Bytes of the header for n_sizes layer sizes."""
+    return _FIXED_LEN + 2 * n_sizes
+
+
+def crc32(data, crc=0):
+    """binascii.crc32 as an unsigned int (chainable: crc32(b, crc32(a)))."""
+    return binascii.crc32(data, crc) & 0xFFFFFFFF
+
+
 def param_count(sizes):
     """Parameters of an MLP with these layer sizes (weights + biases, SPEC layout)."""
     n = 0
@@ -221,6 +231,14 @@ def check_range_q24(buf, off, count):
         if hi < -8 or hi > 7 or (hi == -8 and buf[p] == 0 and buf[p + 1] == 0
                                  and buf[p + 2] == 0):
             raise ValueError("weights: weight %d beyond +-M_MAX" % k)
+
+
+def check_range_array(w):
+    """Raise ValueError if any Q24 master weight in the sequence w exceeds +-M_MAX."""
+    for i in range(len(w)):
+        m = w[i]
+        if m > M_MAX or m < -M_MAX:
+            raise ValueError("weights: weight %d = %d beyond +-M_MAX" % (i, m))
 
 
 def _crc_ok(blob, info):
