@@ -2,7 +2,9 @@
  * against.  It follows the SPEC's "Fixed-point MLP" contract bit-exactly (Q12 activations
  * and deltas, Q24 int32 master weights, wq = (m + 2048) >> 12, per-term >> 7, clipped ReLU,
  * integer softmax, round-to-nearest shift updates), so its weights after N steps equal the
- * integer reference's.  Every intermediate stays below 2**29, so int32_t is enough.
+ * integer reference's.  Like the device kernels, it skips rows whose delta is 0 (their
+ * contribution is exactly 0), so C and MicroPython time the same algorithm.  Every
+ * intermediate stays below 2**29, so int32_t is enough.
  *
  * Usage: fixed_step STEPS REPEATS [--dump] < input
  *   input, whitespace-separated integers:
@@ -79,16 +81,21 @@ static void step(const int32_t *x, const int32_t *y) {
         int32_t *w = W + offs[l];
         const int32_t *a = act[l];
         if (l > 0) {                     /* delta below, from the not yet updated weights */
+            for (int i = 0; i < n_in; i++) dn[i] = 0;
+            for (int j = 0; j < n_out; j++) {          /* row-wise: contiguous weights */
+                const int32_t *row = w + j * (n_in + 1);
+                int32_t dj = d[j];
+                if (!dj) continue;                     /* adds exactly 0 */
+                for (int i = 0; i < n_in; i++) dn[i] += (((row[i] + 2048) >> 12) * dj) >> 7;
+            }
             for (int i = 0; i < n_in; i++) {
-                int32_t s = 0;
-                for (int j = 0; j < n_out; j++)
-                    s += (((w[j * (n_in + 1) + i] + 2048) >> 12) * d[j]) >> 7;
                 int32_t ai = a[i];
-                dn[i] = (ai > 0 && ai < A_MAX) ? clamp(s >> 5, -D_MAX, D_MAX) : 0;
+                dn[i] = (ai > 0 && ai < A_MAX) ? clamp(dn[i] >> 5, -D_MAX, D_MAX) : 0;
             }
         }
         for (int j = 0; j < n_out; j++) {
             int32_t *row = w + j * (n_in + 1), dj = d[j];
+            if (!dj) continue;                         /* (0 + R) >> s == 0: no change */
             for (int i = 0; i < n_in; i++)
                 row[i] = clamp(row[i] - ((dj * a[i] + R) >> lr_shift), -M_MAX, M_MAX);
             row[n_in] = clamp(row[n_in] - ((dj * 4096 + R) >> lr_shift), -M_MAX, M_MAX);

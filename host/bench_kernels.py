@@ -1,0 +1,263 @@
+"""Kernel benchmark: µs and bytes per SGD step of each MLP kernel on the MicroPython unix port,
+against the naive float baseline (tools/bench/naive_mlp.py) and the same fixed-point step in C
+(tools/bench/fixed_step.c, gcc -O2), all measured in one run so the ratios are comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import upy
+from .errors import TinyFleetError
+
+BENCH_DIR = upy.REPO / "tools" / "bench"
+C_SOURCE = BENCH_DIR / "fixed_step.c"
+C_CACHE = upy.CACHE / "bench"
+KERNELS = ("naive", "bytecode", "viper", "ulab")
+N_SAMPLES = 16  # the on-device script cycles through 16 samples (a power of two)
+LR_SHIFT = 6
+
+# The targets the README promises for the viper kernel.
+TARGET_X_FASTER = 40.0
+TARGET_X_OF_C = 5.0
+
+
+@dataclass
+class Case:
+    """One benchmark network: sizes, task, initial Q24 weights and Q12 samples."""
+
+    name: str
+    sizes: list[int]
+    classify: bool
+    lr_shift: int
+    weights: list[int]
+    xs: list[list[int]]
+    ys: list  # list[list[int]] (Q12 targets) or list[int] (labels)
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    case: str
+    kernel: str
+    available: bool
+    us_per_step: float | None = None
+    bytes_per_step: float | None = None
+    x_faster_than_naive: float | None = None
+    x_of_c: float | None = None
+    note: str = ""
+    repeats_us: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """Everything one `tinyfleet bench kernels` run measured."""
+
+    build: str
+    micropython: str
+    steps: int
+    repeats: int
+    c_steps: int
+    compiler: str
+    rows: list[Row]
+    targets: dict[str, dict[str, object]]
+
+
+def init_weights(sizes: list[int], rng: np.random.Generator) -> list[int]:
+    """He-uniform weights, zero biases, as Q24 ints in the SPEC layout."""
+    out: list[int] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        limit = np.sqrt(6.0 / n_in)
+        w = rng.uniform(-limit, limit, size=(n_out, n_in))
+        block = np.concatenate([w, np.zeros((n_out, 1))], axis=1)
+        out += [int(v) for v in np.round(block * 2**24).astype(np.int64).ravel()]
+    return out
+
+
+def make_cases(seed: int = 1) -> list[Case]:
+    """1-40-40-1 sine regression and 64-32-10 digit-like classification."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-3.0, 3.0, size=N_SAMPLES)
+    sine = Case("1-40-40-1", [1, 40, 40, 1], False, LR_SHIFT, init_weights([1, 40, 40, 1], rng),
+                [[int(round(v * 4096))] for v in x],
+                [[int(round(np.sin(v) * 4096))] for v in x])
+    # 8x8 "images" with pixel values in [0, 1] (digits scaled by 1/16) and a label each.
+    pix = rng.integers(0, 17, size=(N_SAMPLES, 64))
+    digits = Case("64-32-10", [64, 32, 10], True, LR_SHIFT, init_weights([64, 32, 10], rng),
+                  [[int(v) * 256 for v in row] for row in pix],
+                  [int(v) for v in rng.integers(0, 10, size=N_SAMPLES)])
+    return [sine, digits]
+
+
+# ---- the C baseline -------------------------------------------------------------------------
+
+def c_binary() -> Path:
+    """Compile fixed_step.c with the machine's gcc -O2 into the cache (once per source hash).
+
+    Raises:
+        TinyFleetError: gcc is missing or the compile fails.
+    """
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise TinyFleetError("gcc not found: the C baseline needs it (apt-get install gcc)")
+    digest = hashlib.sha256(C_SOURCE.read_bytes()).hexdigest()[:16]
+    exe = C_CACHE / f"fixed_step-{digest}"
+    if not exe.exists():
+        C_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = exe.with_suffix(".tmp")
+        proc = subprocess.run([gcc, "-O2", "-o", str(tmp), str(C_SOURCE), "-lm"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise TinyFleetError(f"gcc -O2 {C_SOURCE.name} failed: {proc.stderr.strip()[-300:]}")
+        tmp.replace(exe)  # atomic: a concurrent run never sees half a binary
+    return exe
+
+
+def _c_input(case: Case) -> str:
+    head = [len(case.sizes), *case.sizes, int(case.classify), case.lr_shift, len(case.xs)]
+    body: list[int] = list(case.weights)
+    for x, y in zip(case.xs, case.ys):
+        body += list(x) + ([y] if case.classify else list(y))
+    return " ".join(map(str, head + body)) + "\n"
+
+
+def _run_c(case: Case, args: list[str]) -> dict:
+    proc = subprocess.run([str(c_binary()), *args], input=_c_input(case), capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0:
+        raise TinyFleetError(f"C baseline failed on {case.name}: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def c_weights_after(case: Case, steps: int) -> list[int]:
+    """Master weights after `steps` C steps over the case's samples (sample k % n at step k)."""
+    return _run_c(case, [str(steps), "1", "--dump"])["weights"]
+
+
+def c_us_per_step(case: Case, steps: int, repeats: int) -> tuple[float, list[float]]:
+    """Median µs per step of the C baseline, and each repeat's figure."""
+    out = _run_c(case, [str(steps), str(repeats)])
+    return float(out["us_per_step"]), [float(v) for v in out["repeats_us"]]
+
+
+# ---- the MicroPython side --------------------------------------------------------------------
+
+def _run_upy(cases: list[Case], build: str, steps: int, repeats: int,
+             alloc_steps: int) -> tuple[dict, list[dict]]:
+    cfg = {"steps": steps, "repeats": repeats, "alloc_steps": alloc_steps,
+           "kernels": list(KERNELS), "cases": [asdict(c) for c in cases]}
+    with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
+        root = upy.stage_board_fs(Path(tmp) / "board")
+        for name in ("naive_mlp.py", "upy_bench.py"):
+            shutil.copyfile(BENCH_DIR / name, root / name)
+        (root / "bench_cfg.json").write_text(json.dumps(cfg))
+        # A big heap: the naive baseline allocates ~100s of KB per step with the GC off.
+        proc = upy.run(root, "upy_bench.py", build=build, heapsize="64M", timeout=1800)
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        raise TinyFleetError(f"MicroPython bench failed (exit {proc.returncode}): {err[-400:]}")
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if not lines or "version" not in lines[0]:
+        raise TinyFleetError(f"MicroPython bench printed no header: {out[-300:]!r}")
+    return lines[0], lines[1:]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def run(steps: int = 500, repeats: int = 5, build: str = "64", c_steps: int | None = None,
+        cases: list[Case] | None = None) -> Report:
+    """Benchmark every kernel on every case, plus the C baseline, in one run.
+
+    Raises:
+        TinyFleetError: MicroPython or gcc is missing, or a benchmark process fails.
+    """
+    if steps < 1 or repeats < 1:
+        raise TinyFleetError("--steps and --repeats must be at least 1")
+    cases = cases or make_cases()
+    c_steps = c_steps or max(steps, 20000)  # C is ~100x faster: time more steps
+    alloc_steps = max(1, min(steps, 8))  # the naive kernel fills the heap with the GC off
+    header, upy_rows = _run_upy(cases, build, steps, repeats, alloc_steps)
+    rows: list[Row] = []
+    targets: dict[str, dict[str, object]] = {}
+    for case in cases:
+        c_us, c_runs = c_us_per_step(case, c_steps, repeats)
+        mine = [Row(**{k: v for k, v in r.items() if k in Row.__dataclass_fields__})
+                for r in upy_rows if r["case"] == case.name]
+        naive = next((r.us_per_step for r in mine if r.kernel == "naive"), None)
+        for r in mine:
+            r.x_faster_than_naive = _ratio(naive, r.us_per_step)
+            r.x_of_c = _ratio(r.us_per_step, c_us)
+        rows += mine
+        rows.append(Row(case.name, "C -O2", True, c_us, 0.0, _ratio(naive, c_us), 1.0,
+                        "gcc -O2, same integers", c_runs))
+        viper = next((r for r in mine if r.kernel == "viper"), None)
+        if viper is not None and viper.available:
+            targets[case.name] = {
+                "x_faster_than_naive": viper.x_faster_than_naive,
+                "x_of_c": viper.x_of_c,
+                "bytes_per_step": viper.bytes_per_step,
+                "met": bool((viper.x_faster_than_naive or 0) >= TARGET_X_FASTER
+                            and (viper.x_of_c or 1e9) <= TARGET_X_OF_C
+                            and viper.bytes_per_step == 0),
+            }
+        else:
+            targets[case.name] = {"met": False, "note": "viper kernel not available"}
+    return Report(build, header["version"], steps, repeats, c_steps, _gcc_version(), rows,
+                  targets)
+
+
+def _gcc_version() -> str:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return "gcc (missing)"
+    first = subprocess.run([gcc, "--version"], capture_output=True, text=True).stdout
+    return first.splitlines()[0] if first else "gcc"
+
+
+# ---- output ----------------------------------------------------------------------------------
+
+def to_json(report: Report) -> str:
+    """The report as JSON (what `--json` prints)."""
+    return json.dumps(asdict(report), indent=2)
+
+
+def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if v is None else format(v, spec) + suffix
+
+
+def format_table(report: Report) -> str:
+    """The report as an aligned text table with ratios vs naive and vs C."""
+    lines = [f"MicroPython {report.micropython} unix port, {report.build}-bit build; "
+             f"{report.steps} steps x {report.repeats} repeats, median; "
+             f"C: {report.compiler}, {report.c_steps} steps x {report.repeats}",
+             f"{'shape':<10} {'kernel':<9} {'µs/step':>10} {'bytes/step':>11} "
+             f"{'vs naive':>15} {'vs C':>13}"]
+    for r in report.rows:
+        if not r.available:
+            lines.append(f"{r.case:<10} {r.kernel:<9} {'n/a':>10}   ({r.note})")
+            continue
+        lines.append(f"{r.case:<10} {r.kernel:<9} {_fmt(r.us_per_step, '.1f'):>10} "
+                     f"{_fmt(r.bytes_per_step, ',.0f'):>11} "
+                     f"{_fmt(r.x_faster_than_naive, '.1f', 'x faster'):>15} "
+                     f"{_fmt(r.x_of_c, '.1f', 'x of C'):>13}")
+    for name, t in report.targets.items():
+        if "note" in t:
+            lines.append(f"target {name}: {t['note']}")
+            continue
+        lines.append(
+            f"target {name}: viper {t['x_faster_than_naive']:.1f}x faster than naive "
+            f"(>= {TARGET_X_FASTER:.0f}), {t['x_of_c']:.1f}x of C (<= {TARGET_X_OF_C:.0f}), "
+            f"{t['bytes_per_step']:.0f} B/step (0): {'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines)

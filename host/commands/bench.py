@@ -1,0 +1,42 @@
+"""`tinyfleet bench <what>`: benchmarks. Each benchmark is a sub-command registered in BENCHES
+(`kernels` today; another, e.g. `rounds`, adds one entry and its own options)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_kernels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--steps", type=int, default=500, metavar="N",
+                        help="SGD steps per timed repeat on MicroPython (default 500)")
+    parser.add_argument("--repeats", type=int, default=5, metavar="R",
+                        help="timed repeats; the median is reported (default 5)")
+    parser.add_argument("--build", choices=["64", "32"], default="64",
+                        help="MicroPython unix port build (32: 31-bit small ints like ESP32)")
+
+
+def _run_kernels(args: argparse.Namespace) -> int:
+    from .. import bench_kernels  # numpy and subprocess work only when the command runs
+
+    report = bench_kernels.run(steps=args.steps, repeats=args.repeats, build=args.build)
+    print(bench_kernels.to_json(report) if args.json else bench_kernels.format_table(report))
+    return 0
+
+
+# name -> (help, add_arguments, run)
+BENCHES = {
+    "kernels": ("µs and bytes per SGD step of each MLP kernel on MicroPython, vs naive and C",
+                _add_kernels, _run_kernels),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH")
+    sub.required = True
+    for name, (help_text, add, _) in BENCHES.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def run(args: argparse.Namespace) -> int:
+    return BENCHES[args.bench][2](args)
