@@ -151,3 +151,66 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Watcher:
+    """A paho subscriber that records every message on `topics` and lets a caller wait
+    for one matching a predicate (tests and `tinyfleet simulate` watch devices with it)."""
+
+    def __init__(self, host: str, port: int, topics: list[str], client_id: str = "tf-watch",
+                 timeout: float = 10.0) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p=None: [c.subscribe(t, qos=1)
+                                                               for t in topics]
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.close()
+            raise TinyFleetError(f"could not subscribe to the broker at {host}:{port}")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self._cond.notify_all()
+
+    def wait_for(self, pred: Any, timeout: float = 10.0,
+                 start: int = 0) -> tuple[str, bytes, bool] | None:
+        """First message from index `start` on with pred(topic, payload) true, or None."""
+        deadline = time.monotonic() + timeout
+        i = start
+        with self._cond:
+            while True:
+                while i < len(self.messages):
+                    m = self.messages[i]
+                    i += 1
+                    try:
+                        if pred(m[0], m[1]):
+                            return m
+                    except ValueError:  # e.g. a payload that is not JSON
+                        pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def mark(self) -> int:
+        """Index to pass as `start` to only see messages from now on."""
+        with self._cond:
+            return len(self.messages)
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False,
+                qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
