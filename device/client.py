@@ -12,6 +12,8 @@ import socket
 import struct
 import time
 
+from micropython import const
+
 from umqtt.simple import MQTTClient, MQTTException
 
 from backoff import Backoff
@@ -80,6 +82,8 @@ class FleetMQTT(MQTTClient):
                 raise OSError(-4)
 
     def _write(self, data, n=None):
+        if self.sock is None:
+            raise OSError(-8)  # closed under us (a failed publish inside a callback)
         if n is None:
             self.sock.write(data)
         else:
@@ -275,6 +279,8 @@ class FleetMQTT(MQTTClient):
             self._write(pkt)
 
     def check_msg(self):
+        if self.sock is None:
+            raise OSError(-8)
         self.sock.setblocking(False)
         return self.wait_msg()
 
@@ -337,7 +343,7 @@ class Link:
         try:
             self._open()
             self.log("link: connected to %s:%d" % (self.cfg["broker"], self.cfg["port"]))
-        except (OSError, MQTTException, IndexError) as e:
+        except Exception as e:  # noqa: BLE001 - never let a failed connect stop learning
             delay = self.backoff.delay()
             self.next_try = time.ticks_add(time.ticks_ms(), int(delay * 1000))
             self.log("link: connect failed (%r), retry in %.1f s" % (e, delay))
@@ -353,7 +359,7 @@ class Link:
                     break
             if self.mqtt is not None:
                 self.mqtt.keepalive_tick()
-        except (OSError, MQTTException, IndexError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever broke, the cure is a reconnect
             self.drop(repr(e))
 
     def publish(self, topic, msg, retain=False, qos=0):

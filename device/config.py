@@ -5,7 +5,9 @@ Keys (all optional except `id`):
   broker, port, user, password, keepalive (s), fleet_key (hex or text; HMAC when set)
   ssid, wifi_password         WiFi, joined only where a `network` module exists
   sizes, lr_shift             the MLP (e.g. [1, 40, 40, 1], learning rate 2**-lr_shift)
-  amp, phase, seed, drift     the sine task; drift = samples between task changes (0: never)
+  amp, phase, seed, drift     the sine task (amp in [0.1, 5], phase in [0, pi]; None: drawn
+                              from seed); drift = samples between task changes (0: never)
+  rate                        samples per second between rounds (0: as fast as it can)
   max_msg                     largest MQTT message accepted (bytes); bigger ones are dropped
   status_every                samples between status publications (0: only on events)
   max_samples                 stop after this many samples (0: run forever; for tests)
@@ -27,13 +29,14 @@ DEFAULTS = {
     "wifi_password": None,
     "sizes": [1, 40, 40, 1],
     "lr_shift": 6,
-    "amp": 1.0,
-    "phase": 0.0,
+    "amp": None,
+    "phase": None,
     "seed": 1,
     "drift": 0,
     "max_msg": 8192,
     "status_every": 0,
     "max_samples": 0,
+    "rate": 50,
     "state": "model.bin",
 }
 
