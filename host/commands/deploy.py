@@ -40,6 +40,7 @@ def _secret(var: str | None) -> str | None:
 
 def config_from_args(args: argparse.Namespace) -> dict[str, object]:
     """The board's config.json (keys as device/config.py reads them)."""
+    from .. import __version__
     from ..errors import TinyFleetError
 
     for name in ("device_id", "fleet"):
@@ -48,7 +49,8 @@ def config_from_args(args: argparse.Namespace) -> dict[str, object]:
             raise TinyFleetError(f"--{name.replace('_', '-')} {value!r} must be non-empty "
                                  "without '/', '+' or '#'")
     cfg: dict[str, object] = {"id": args.device_id, "fleet": args.fleet,
-                              "broker": args.broker, "port": args.broker_port}
+                              "broker": args.broker, "port": args.broker_port,
+                              "tinyfleet_version": __version__}
     if args.model:
         cfg["model"] = args.model
     optional = {"user": args.user, "password": _secret(args.password_env),
