@@ -44,7 +44,9 @@ class BoardState:
 
 
 def state_file(state_dir: Path | None = None) -> Path:
-    return (state_dir or EMU_CACHE / "run") / "board.json"
+    """Where the running board is recorded ($TINYFLEET_EMU_RUN overrides the folder)."""
+    default = Path(os.environ.get("TINYFLEET_EMU_RUN", EMU_CACHE / "run"))
+    return (state_dir or default) / "board.json"
 
 
 def _patch_id() -> str:

@@ -152,7 +152,7 @@ def run_esptool(argv: Sequence[str]) -> int:
 
 
 def flash_esp(fw: Firmware, port: str, baud: int = 460800,
-              runner: Callable[[Sequence[str]], int] = run_esptool) -> None:
+              runner: Callable[[Sequence[str]], int] | None = None) -> None:
     """Erase and write an ESP32-family board.
 
     Raises:
@@ -160,6 +160,7 @@ def flash_esp(fw: Firmware, port: str, baud: int = 460800,
     """
     if "://" not in port and not os.path.exists(port):
         raise TinyFleetError(f"no board on {port}: no such device")
+    runner = runner or run_esptool
     for argv in esptool_commands(fw, port, baud):
         step = "erase_flash" if "erase_flash" in argv else "write_flash"
         if runner(argv) != 0:
