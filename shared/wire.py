@@ -398,14 +398,14 @@ def parse_status(msg):
     try:
         return json.loads(_utf8(msg.payload))
     except ValueError:
-        raise ValueError("wire: status payload is not JSON")
+        raise ValueError("wire: status payload is not JSON") from None
 
 
 def _utf8(b):
     try:
         return str(bytes(b), "utf-8")
     except ValueError:  # UnicodeError
-        raise ValueError("wire: text field is not UTF-8")
+        raise ValueError("wire: text field is not UTF-8") from None
 
 
 def _expect(msg, mtype):
@@ -413,9 +413,12 @@ def _expect(msg, mtype):
         raise ValueError("wire: message type %d, expected %d" % (msg.type, mtype))
 
 
-def model_id_of(name):
+def model_id(name):
     """A default u16 model id derived from the model's name (CRC32 of the name)."""
     return weights.crc32(name.encode()) & 0xFFFF
+
+
+model_id_of = model_id  # the same, for code whose own attribute is called model_id
 
 
 # MQTT topics ---------------------------------------------------------------------------

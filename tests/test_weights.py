@@ -50,7 +50,7 @@ from tfshared import weights as W
 w = %r
 print(json.dumps([W.encode(w, %r, W.DTYPE_Q24, 77, 5).hex(),
                   W.encode(w, %r, W.DTYPE_Q12, 0xFFFFFFFF, 0).hex()]))
-""" % (W_Q24, SIZES, SIZES)
+"""
 
 
 def test_encode_is_byte_exact(run_json) -> None:
@@ -58,7 +58,7 @@ def test_encode_is_byte_exact(run_json) -> None:
     want24 = expected_blob(SIZES, W_Q24, 2, 77, 5)
     want12 = expected_blob(SIZES, [q12(m) for m in W_Q24], 1, 0xFFFFFFFF, 0)
     # Execute
-    got24, got12 = run_json(ENCODE)
+    got24, got12 = run_json(ENCODE % (W_Q24, SIZES, SIZES))
     # Assert
     assert got24 == want24.hex(), f"Q24 blob {got24} != {want24.hex()}"
     assert got12 == want12.hex(), f"Q12 blob {got12} != {want12.hex()}"

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tfshared import weights as W
 from tfshared import wire
 
@@ -102,14 +101,14 @@ out = {
     'status': wire.encode_status(7, 0, {'state': 'idle'}),
 }
 print(json.dumps(dict((k, [f.hex() for f in v]) for k, v in out.items())))
-""" % (KEY, W_Q24, SIZES)
+"""
 
 
 def test_frames_are_byte_exact(run_json) -> None:
     # Prepare
     want = expected_frames()
     # Execute
-    got = run_json(ENCODE)
+    got = run_json(ENCODE % (KEY, W_Q24, SIZES))
     # Assert
     assert len(want["global"]) == 3  # 44-byte blob in chunks of 16: 16 + 16 + 12
     for name in want:

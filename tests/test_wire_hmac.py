@@ -7,7 +7,6 @@ import hashlib
 import hmac as py_hmac
 
 import pytest
-
 from tfshared import hmac as tf_hmac
 
 # RFC 4231 test cases 1, 2, 3, 4, 6, 7 (key, data); 5 is a truncated-output case.
