@@ -105,18 +105,22 @@ def _digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def test_matches_float_reference(ulab_kernel: types.ModuleType) -> None:
     """Under float64 numpy the kernel is the float reference, step for step."""
-    for sizes, classify in (([1, 40, 40, 1], False), ([64, 32, 10], True)):
+    # The last case drives hidden units into the 4.0 ceiling and the deltas into their clip.
+    for sizes, classify, x_max, shift in (([1, 40, 40, 1], False, 4096, 5),
+                                          ([64, 32, 10], True, 4096, 5),
+                                          ([4, 16, 16, 2], False, 16383, 3)):
         w0 = ref.init_weights(sizes, seed=3)
-        net = ulab_kernel.MLP(sizes, classify, 5)
+        net = ulab_kernel.MLP(sizes, classify, shift)
         net.set_weights(_q24(w0))
         wf = ref.float_weights(w0)
         rng = np.random.default_rng(1)
         for _ in range(300):
-            x = [int(v) for v in rng.integers(-4096, 4097, sizes[0])]
-            y = int(rng.integers(0, 10)) if classify else [int(rng.integers(-8192, 8193))]
+            x = [int(v) for v in rng.integers(-x_max, x_max + 1, sizes[0])]
+            y = (int(rng.integers(0, sizes[-1])) if classify
+                 else [int(v) for v in rng.integers(-4 * x_max, 4 * x_max + 1, sizes[-1])])
             net.train_step(array("i", x), y if classify else array("i", y))
             wf = ref.float_train_step(wf, sizes, np.array(x) / 4096,
-                                      y if classify else np.array(y) / 4096, classify, 5)
+                                      y if classify else np.array(y) / 4096, classify, shift)
         got = np.array(net.weights) / 2**24
         # Q24 export rounds to 2**-25; the reference clamps at +-8 where the kernel exports.
         np.testing.assert_allclose(got, np.clip(wf, -8, 8), rtol=0, atol=1e-7,
