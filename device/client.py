@@ -31,13 +31,14 @@ class FleetMQTT(MQTTClient):
     memoryview points into a shared buffer and is only valid during the call."""
 
     def __init__(self, client_id, server, port=1883, user=None, password=None,
-                 keepalive=30, max_msg=8192, io_timeout=3.0):
+                 keepalive=30, max_msg=8192, io_timeout=3.0, buf=None, skip=None):
         super().__init__(client_id, server, port=port, user=user, password=password,
                          keepalive=keepalive)
+        # Pass the buffers in to keep them across reconnects (no new 4 KB block each time).
         self.max_msg = max_msg
-        self.buf = bytearray(max_msg)
+        self.buf = buf if buf is not None else bytearray(max_msg)
         self.mv = memoryview(self.buf)
-        self.skip = bytearray(_SKIP)
+        self.skip = skip if skip is not None else bytearray(_SKIP)
         self.io_timeout = io_timeout
         self.on_drop = None  # f(topic, size, reason)
         self.acked = -1  # last PUBACK packet id
@@ -300,6 +301,8 @@ class Link:
         self.on_drop = on_drop
         self.log = log
         self.mqtt = None
+        self.buf = bytearray(cfg["max_msg"])  # allocated once for every session
+        self.skip = bytearray(_SKIP)
         self.backoff = Backoff()
         self.next_try = time.ticks_ms()
         self.connects = 0
@@ -311,7 +314,8 @@ class Link:
     def _open(self):
         c = self.cfg
         m = FleetMQTT(c["id"], c["broker"], port=c["port"], user=c["user"],
-                      password=c["password"], keepalive=c["keepalive"], max_msg=c["max_msg"])
+                      password=c["password"], keepalive=c["keepalive"], max_msg=c["max_msg"],
+                      buf=self.buf, skip=self.skip)
         m.set_callback(self.on_msg)
         m.on_drop = self.on_drop
         m.set_last_will(self.will_topic, self.will_msg, retain=True, qos=1)

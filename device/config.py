@@ -8,7 +8,8 @@ Keys (all optional except `id`):
   amp, phase, seed, drift     the sine task (amp in [0.1, 5], phase in [0, pi]; None: drawn
                               from seed); drift = samples between task changes (0: never)
   rate                        samples per second between rounds (0: as fast as it can)
-  max_msg                     largest MQTT message accepted (bytes); bigger ones are dropped
+  max_msg                     largest MQTT message accepted (bytes; 0: one global-model
+                              frame); bigger ones are drained and refused unread
   status_every                samples between status publications (0: only on events)
   max_samples                 stop after this many samples (0: run forever; for tests)
   state                       file that persists the accepted global model
@@ -33,7 +34,7 @@ DEFAULTS = {
     "phase": None,
     "seed": 1,
     "drift": 0,
-    "max_msg": 8192,
+    "max_msg": 0,
     "status_every": 0,
     "max_samples": 0,
     "rate": 50,
