@@ -62,11 +62,11 @@ class Info:
 
 
 def zeros(n):
-    """A new array('i') of n zeros, without a temporary list on MicroPython."""
-    try:
-        return array("i", bytearray(4 * n))  # MicroPython: raw bytes initialise the array
-    except TypeError:  # CPython refuses bytes for typecode 'i'
-        return array("i", [0]) * n
+    """A new array('i') of n zeros, allocated once (no temporary list or bytes)."""
+    a = array("i", range(n))  # the length is known up front: one allocation of 4n bytes
+    for i in range(n):
+        a[i] = 0
+    return a
 
 
 def header_size(n_sizes):
@@ -158,7 +158,7 @@ def encode_header_into(buf, sizes, dtype, model_version=0, flags=0):
 
 
 def encode(weights, sizes, dtype=DTYPE_Q24, model_version=0, flags=0):
-    """Encode Q24 master weights (any int sequence in SPEC layout) as a blob (bytes).
+    """Encode Q24 master weights (any int sequence in SPEC layout) as a blob (bytearray).
 
     With dtype=DTYPE_Q12 each weight is sent as to_q12(m). Raises ValueError on a length
     mismatch or (Q24) a weight beyond +-M_MAX.
@@ -181,7 +181,7 @@ def encode(weights, sizes, dtype=DTYPE_Q24, model_version=0, flags=0):
             struct.pack_into("<i", buf, off, m)
             off += 4
     struct.pack_into("<I", buf, off, binascii.crc32(memoryview(buf)[:off]) & 0xFFFFFFFF)
-    return bytes(buf)
+    return buf  # bytes-like (a bytearray): no second copy of the blob on a board
 
 
 def parse_header(buf, expected_sizes=None, dtype=None):

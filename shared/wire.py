@@ -94,7 +94,7 @@ def _layout(total, chunk_size):
 
 def iter_frames(mtype, payload, model_id=0, version=0, param_count=0, q=0, flags=0,
                 key=None, chunk_size=CHUNK_SIZE):
-    """Yield the frames (bytes) of one message; chunked when payload > chunk_size."""
+    """Yield the frames (bytearray) of one message; chunked when payload > chunk_size."""
     if mtype not in TYPES:
         raise ValueError("wire: unknown message type %r" % (mtype,))
     if flags & ~(_FLAGS_KNOWN & ~FLAG_MAC):
@@ -122,12 +122,12 @@ def iter_frames(mtype, payload, model_id=0, version=0, param_count=0, q=0, flags
             buf[end:end + MAC_LEN] = key.digest(memoryview(buf)[:end])
             end += MAC_LEN
         struct.pack_into("<I", buf, end, weights.crc32(memoryview(buf)[:end]))
-        yield bytes(buf)
+        yield buf  # a bytearray: no second copy on a board
 
 
 def encode(mtype, payload, model_id=0, version=0, param_count=0, q=0, flags=0, key=None,
            chunk_size=CHUNK_SIZE):
-    """The frames of one message as a list of bytes (see iter_frames)."""
+    """The frames of one message as a list of bytearrays (see iter_frames)."""
     return list(iter_frames(mtype, payload, model_id, version, param_count, q, flags, key,
                             chunk_size))
 
@@ -361,7 +361,12 @@ def update_payload(device_id, samples, loss_q12, blob):
     b = _id_bytes(device_id)
     if not 0 <= samples <= 0xFFFFFFFF or not -2**31 <= loss_q12 < 2**31:
         raise ValueError("wire: samples or loss out of range")
-    return struct.pack(_UPDATE, samples, loss_q12, len(b)) + b + bytes(blob)
+    n = _UPDATE_LEN + len(b)
+    out = bytearray(n + len(blob))  # one allocation: the blob can be most of the heap
+    struct.pack_into(_UPDATE, out, 0, samples, loss_q12, len(b))
+    out[_UPDATE_LEN:n] = b
+    out[n:] = blob
+    return out
 
 
 def encode_update(model_id, round_, device_id, samples, loss_q12, blob, delta=False,
