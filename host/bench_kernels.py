@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import statistics
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,7 @@ class Row:
     x_faster_than_naive: float | None = None
     x_of_c: float | None = None
     note: str = ""
+    steps: int | None = None  # steps per timed repeat (at least --steps, --min-time long)
     repeats_us: list[float] = field(default_factory=list)
 
 
@@ -66,6 +68,7 @@ class Report:
     micropython: str
     steps: int
     repeats: int
+    min_time: float
     c_steps: int
     compiler: str
     rows: list[Row]
@@ -75,7 +78,7 @@ class Report:
 def init_weights(sizes: list[int], rng: np.random.Generator) -> list[int]:
     """He-uniform weights, zero biases, as Q24 ints in the SPEC layout."""
     out: list[int] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=False):
         limit = np.sqrt(6.0 / n_in)
         w = rng.uniform(-limit, limit, size=(n_out, n_in))
         block = np.concatenate([w, np.zeros((n_out, 1))], axis=1)
@@ -125,7 +128,7 @@ def c_binary() -> Path:
 def _c_input(case: Case) -> str:
     head = [len(case.sizes), *case.sizes, int(case.classify), case.lr_shift, len(case.xs)]
     body: list[int] = list(case.weights)
-    for x, y in zip(case.xs, case.ys):
+    for x, y in zip(case.xs, case.ys, strict=True):
         body += list(x) + ([y] if case.classify else list(y))
     return " ".join(map(str, head + body)) + "\n"
 
@@ -151,9 +154,10 @@ def c_us_per_step(case: Case, steps: int, repeats: int) -> tuple[float, list[flo
 
 # ---- the MicroPython side --------------------------------------------------------------------
 
-def _run_upy(cases: list[Case], build: str, steps: int, repeats: int,
+def _run_upy(cases: list[Case], build: str, steps: int, min_time: float, alloc: bool,
              alloc_steps: int) -> tuple[dict, list[dict]]:
-    cfg = {"steps": steps, "repeats": repeats, "alloc_steps": alloc_steps,
+    """One MicroPython process: one timed repeat of every kernel on every case."""
+    cfg = {"steps": steps, "min_time": min_time, "alloc": alloc, "alloc_steps": alloc_steps,
            "kernels": list(KERNELS), "cases": [asdict(c) for c in cases]}
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
         root = upy.stage_board_fs(Path(tmp) / "board")
@@ -176,33 +180,52 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def run(steps: int = 500, repeats: int = 5, build: str = "64", c_steps: int | None = None,
-        cases: list[Case] | None = None) -> Report:
+def run(steps: int = 500, repeats: int = 5, build: str = "64", min_time: float = 0.2,
+        c_steps: int | None = None, cases: list[Case] | None = None) -> Report:
     """Benchmark every kernel on every case, plus the C baseline, in one run.
+
+    Each repeat is one MicroPython process timing every kernel once, then one C run per
+    case: interleaved, so load on a shared machine hits all of them alike. Reported: the
+    median over the repeats. Allocation is measured in the first repeat.
 
     Raises:
         TinyFleetError: MicroPython or gcc is missing, or a benchmark process fails.
     """
-    if steps < 1 or repeats < 1:
-        raise TinyFleetError("--steps and --repeats must be at least 1")
+    if steps < 1 or repeats < 1 or min_time < 0:
+        raise TinyFleetError("--steps and --repeats must be at least 1, --min-time >= 0")
     cases = cases or make_cases()
     c_steps = c_steps or max(steps, 20000)  # C is ~100x faster: time more steps
     alloc_steps = max(1, min(steps, 8))  # the naive kernel fills the heap with the GC off
-    header, upy_rows = _run_upy(cases, build, steps, repeats, alloc_steps)
-    rows: list[Row] = []
+    header: dict = {}
+    rows: dict[tuple[str, str], Row] = {}
+    for r in range(repeats):
+        header, upy_rows = _run_upy(cases, build, steps, min_time, r == 0, alloc_steps)
+        for u in upy_rows:
+            row = rows.setdefault((u["case"], u["kernel"]), Row(
+                u["case"], u["kernel"], u["available"], note=u.get("note", ""),
+                bytes_per_step=u.get("bytes_per_step")))
+            if u["available"]:
+                row.repeats_us.append(u["us_per_step"])
+                row.steps = u["steps"]
+        for case in cases:
+            row = rows.setdefault((case.name, "C -O2"), Row(
+                case.name, "C -O2", True, bytes_per_step=0.0, steps=c_steps,
+                note="gcc -O2, same integers"))
+            row.repeats_us += c_us_per_step(case, c_steps, 1)[1]
+    out: list[Row] = []
     targets: dict[str, dict[str, object]] = {}
     for case in cases:
-        c_us, c_runs = c_us_per_step(case, c_steps, repeats)
-        mine = [Row(**{k: v for k, v in r.items() if k in Row.__dataclass_fields__})
-                for r in upy_rows if r["case"] == case.name]
-        naive = next((r.us_per_step for r in mine if r.kernel == "naive"), None)
-        for r in mine:
-            r.x_faster_than_naive = _ratio(naive, r.us_per_step)
-            r.x_of_c = _ratio(r.us_per_step, c_us)
-        rows += mine
-        rows.append(Row(case.name, "C -O2", True, c_us, 0.0, _ratio(naive, c_us), 1.0,
-                        "gcc -O2, same integers", c_runs))
-        viper = next((r for r in mine if r.kernel == "viper"), None)
+        mine = [row for (name, _), row in rows.items() if name == case.name]
+        for row in mine:
+            row.us_per_step = statistics.median(row.repeats_us) if row.repeats_us else None
+        naive = rows.get((case.name, "naive"))
+        c = rows[case.name, "C -O2"]
+        for row in mine:
+            row.x_faster_than_naive = _ratio(naive.us_per_step if naive else None,
+                                             row.us_per_step)
+            row.x_of_c = _ratio(row.us_per_step, c.us_per_step)
+        out += mine
+        viper = rows.get((case.name, "viper"))
         if viper is not None and viper.available:
             targets[case.name] = {
                 "x_faster_than_naive": viper.x_faster_than_naive,
@@ -214,8 +237,8 @@ def run(steps: int = 500, repeats: int = 5, build: str = "64", c_steps: int | No
             }
         else:
             targets[case.name] = {"met": False, "note": "viper kernel not available"}
-    return Report(build, header["version"], steps, repeats, c_steps, _gcc_version(), rows,
-                  targets)
+    return Report(build, header["version"], steps, repeats, min_time, c_steps, _gcc_version(),
+                  out, targets)
 
 
 def _gcc_version() -> str:
@@ -240,8 +263,9 @@ def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
 def format_table(report: Report) -> str:
     """The report as an aligned text table with ratios vs naive and vs C."""
     lines = [f"MicroPython {report.micropython} unix port, {report.build}-bit build; "
-             f"{report.steps} steps x {report.repeats} repeats, median; "
-             f"C: {report.compiler}, {report.c_steps} steps x {report.repeats}",
+             f">= {report.steps} steps and >= {report.min_time:g} s per timed repeat, "
+             f"median of {report.repeats} interleaved repeats; "
+             f"C: {report.compiler}, {report.c_steps} steps per repeat",
              f"{'shape':<10} {'kernel':<9} {'µs/step':>10} {'bytes/step':>11} "
              f"{'vs naive':>15} {'vs C':>13}"]
     for r in report.rows:

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-
 from tinyfleet import bench_kernels as bk
 from tinyfleet import reference as ref
 from tinyfleet.commands import bench
@@ -30,7 +29,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_table_has_every_kernel_and_the_c_baseline(capsys: pytest.CaptureFixture[str]) -> None:
-    out = _run(["kernels", "--steps", "20", "--repeats", "1"], capsys)
+    out = _run(["kernels", "--steps", "20", "--repeats", "2", "--min-time", "0"], capsys)
     lines = out.splitlines()
     assert "MicroPython 1.25.0 unix port, 64-bit build" in lines[0], out
     assert lines[1].split()[:2] == ["shape", "kernel"], out
@@ -48,7 +47,7 @@ def test_table_has_every_kernel_and_the_c_baseline(capsys: pytest.CaptureFixture
 
 def test_json_reports_allocation(build: str, capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(_run(["kernels", "--json", "--steps", "16", "--repeats", "1",
-                           "--build", build], capsys))
+                           "--min-time", "0", "--build", build], capsys))
     assert doc["build"] == build and doc["steps"] == 16 and doc["micropython"] == "1.25.0"
     rows = {(r["case"], r["kernel"]): r for r in doc["rows"]}
     assert set(rows) == {(s, k) for s in SHAPES for k in KERNEL_ROWS}
@@ -75,7 +74,7 @@ def test_only_known_benchmarks_are_offered() -> None:
         _parse(["rounds"])
     with pytest.raises(SystemExit):
         _parse(["kernels", "--build", "16"])
-    assert _parse(["kernels"]).steps == 500
+    assert _parse(["kernels"]).steps == 200
 
 
 def _reference_weights(case: bk.Case, steps: int) -> list[int]:
@@ -103,7 +102,7 @@ def test_c_baseline_computes_the_reference_integers(case: bk.Case) -> None:
     got = bk.c_weights_after(case, steps)
     want = _reference_weights(case, steps)
     assert got != case.weights, "no learning happened"
-    diff = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
+    diff = [i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b]
     assert not diff, f"{case.name}: C differs from host/reference.py at {diff[:5]}"
 
 

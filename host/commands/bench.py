@@ -8,8 +8,10 @@ import argparse
 
 def _add_kernels(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--steps", type=int, default=500, metavar="N",
-                        help="SGD steps per timed repeat on MicroPython (default 500)")
+    parser.add_argument("--steps", type=int, default=200, metavar="N",
+                        help="at least N SGD steps per timed repeat on MicroPython (default 200)")
+    parser.add_argument("--min-time", type=float, default=0.2, metavar="S",
+                        help="and at least S seconds per timed repeat (default 0.2)")
     parser.add_argument("--repeats", type=int, default=5, metavar="R",
                         help="timed repeats; the median is reported (default 5)")
     parser.add_argument("--build", choices=["64", "32"], default="64",
@@ -19,7 +21,8 @@ def _add_kernels(parser: argparse.ArgumentParser) -> None:
 def _run_kernels(args: argparse.Namespace) -> int:
     from .. import bench_kernels  # numpy and subprocess work only when the command runs
 
-    report = bench_kernels.run(steps=args.steps, repeats=args.repeats, build=args.build)
+    report = bench_kernels.run(steps=args.steps, repeats=args.repeats, build=args.build,
+                               min_time=args.min_time)
     print(bench_kernels.to_json(report) if args.json else bench_kernels.format_table(report))
     return 0
 

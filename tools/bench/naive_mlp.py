@@ -24,7 +24,7 @@ class NaiveMLP:
         self.layers = []  # per layer: list of rows [w_0 .. w_{n_in-1}, bias]
         k = 0
         seed = 12345
-        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):  # noqa: B905 (MicroPython)
             layer = []
             for _ in range(n_out):
                 row = []
@@ -42,14 +42,14 @@ class NaiveMLP:
         """All activations, input first; the last list is the linear output."""
         acts = [list(x)]
         last = len(self.layers) - 1
-        for l, layer in enumerate(self.layers):
+        for n, layer in enumerate(self.layers):
             a = acts[-1]
             out = []
             for row in layer:
                 s = row[-1]
                 for i in range(len(a)):
                     s += row[i] * a[i]
-                if l < last:
+                if n < last:
                     s = min(max(s, 0.0), A_MAX)
                 out.append(s)
             acts.append(out)
@@ -75,10 +75,10 @@ class NaiveMLP:
             for j in range(len(z)):
                 loss += 0.5 * (z[j] - y[j]) ** 2
         lr = self.lr
-        for l in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[l]
-            a = acts[l]
-            if l > 0:  # delta of the layer below, from the weights before this update
+        for n in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[n]
+            a = acts[n]
+            if n > 0:  # delta of the layer below, from the weights before this update
                 below = []
                 for i in range(len(a)):
                     g = 0.0
@@ -94,6 +94,6 @@ class NaiveMLP:
                 for i in range(len(a)):
                     row[i] -= d * a[i]
                 row[-1] -= d
-            if l > 0:
+            if n > 0:
                 delta = below
         return loss

@@ -1,8 +1,11 @@
 """Kernel benchmark, run ON MicroPython by `tinyfleet bench kernels` (host/bench_kernels.py).
 
-Reads bench_cfg.json from the staged board root; for each case and kernel prints one JSON line:
-µs per SGD step (median of the timed repeats, GC enabled as in real use) and bytes allocated
-per step (gc.mem_alloc delta over `alloc_steps` steps with the GC disabled).
+Reads bench_cfg.json from the staged board root. For each case and kernel prints one JSON
+line with one timed repeat: µs per SGD step over at least `steps` steps and at least
+`min_time` seconds (GC enabled, as in real use), and, when `alloc` is set, bytes allocated
+per step (gc.mem_alloc delta over `alloc_steps` steps with the GC disabled). The host runs
+this once per repeat, interleaved with the C baseline, so a burst of machine load hits every
+kernel alike.
 """
 
 import gc
@@ -10,6 +13,8 @@ import json
 import sys
 import time
 from array import array
+
+from micropython import const
 
 _MASK = const(15)  # the case's 16 samples are used round-robin
 
@@ -34,15 +39,17 @@ def _alloc_per_step(step, xs, ys, n):
     return (a1 - a0) / n
 
 
-def _us_per_step(step, xs, ys, n, repeats):
-    runs = []
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.ticks_us()
-        _run(step, xs, ys, n)
-        runs.append(time.ticks_diff(time.ticks_us(), t0) / n)
-    runs.sort()
-    return runs[len(runs) // 2], runs
+def _us_per_step(step, xs, ys, steps, min_time):
+    """One timed repeat: at least `steps` steps and `min_time` s (calibrated on 16 steps)."""
+    t0 = time.ticks_us()
+    _run(step, xs, ys, 16)
+    est = max(1, time.ticks_diff(time.ticks_us(), t0)) / 16
+    n = max(steps, int(min_time * 1e6 / est))
+    n = (n + 15) & ~15
+    gc.collect()
+    t0 = time.ticks_us()
+    _run(step, xs, ys, n)
+    return time.ticks_diff(time.ticks_us(), t0) / n, n
 
 
 def _model(kernel, case):
@@ -59,12 +66,12 @@ def _model(kernel, case):
         try:
             import ulab  # noqa: F401
         except ImportError:
-            raise _Unavailable("ulab is not importable on this MicroPython build")
+            raise _Unavailable("ulab is not importable on this MicroPython build") from None
     import mlp
 
     m = mlp.MLP(sizes, classify=classify, lr_shift=s, kernel=kernel)
     if m.kernel != kernel:
-        raise _Unavailable("MLP chose kernel %r instead" % m.kernel)
+        raise _Unavailable(f"MLP chose kernel {m.kernel!r} instead")
     m.set_weights(array("i", case["weights"]))
     xs = [array("i", x) for x in case["xs"]]
     ys = case["ys"] if classify else [array("i", y) for y in case["ys"]]
@@ -79,22 +86,24 @@ def main():
     with open("bench_cfg.json") as f:
         cfg = json.load(f)
     impl = sys.implementation
-    print(json.dumps({"platform": sys.platform, "version": "%d.%d.%d" % impl.version[:3],
+    version = ".".join(str(v) for v in impl.version[:3])
+    print(json.dumps({"platform": sys.platform, "version": version,
                       "maxsize_bits": 64 if sys.maxsize > 2**32 else 32}))
-    steps, repeats, alloc_steps = cfg["steps"], cfg["repeats"], cfg["alloc_steps"]
+    steps, min_time = cfg["steps"], cfg["min_time"]
     for case in cfg["cases"]:
         for kernel in cfg["kernels"]:
             row = {"case": case["name"], "kernel": kernel, "available": False}
             try:
                 step, xs, ys = _model(kernel, case)
                 _run(step, xs, ys, 16)  # warm up (first-call allocations, caches)
-                row["bytes_per_step"] = _alloc_per_step(step, xs, ys, alloc_steps)
-                row["us_per_step"], row["repeats_us"] = _us_per_step(step, xs, ys, steps, repeats)
+                if cfg["alloc"]:
+                    row["bytes_per_step"] = _alloc_per_step(step, xs, ys, cfg["alloc_steps"])
+                row["us_per_step"], row["steps"] = _us_per_step(step, xs, ys, steps, min_time)
                 row["available"] = True
             except _Unavailable as exc:
                 row["note"] = str(exc)
             except Exception as exc:  # report, keep benchmarking the others
-                row["note"] = "%s: %s" % (type(exc).__name__, exc)
+                row["note"] = f"{type(exc).__name__}: {exc}"
             step = xs = ys = None
             gc.collect()
             print(json.dumps(row))
