@@ -361,3 +361,21 @@ def test_large_model_chunks_at_default_size() -> None:
     out = array("i", [0] * n)
     wire.global_into(msgs[-1], out, sizes)
     assert list(out) == [((m + 2048) >> 12) << 12 for m in w]
+
+
+def test_reassembler_restarts_on_a_newer_message() -> None:
+    # Prepare: two versions of a 3-chunk global
+    old = wire.encode_global(7, 5, W.encode(W_Q24, SIZES, W.DTYPE_Q12, 5), chunk_size=16)
+    new = wire.encode_global(7, 6, W.encode(W_Q24[::-1], SIZES, W.DTYPE_Q12, 6), chunk_size=16)
+    ra = wire.Reassembler(64, max_chunks=4)
+    buf = ra.buf
+    # Execute: a partial v5, then all of v6 (the partial is dropped), then v5 again
+    assert ra.feed(old[0]) is None and ra.feed(old[1]) is None
+    assert ra.feed(new[2]) is None and ra.feed(new[0]) is None
+    msg = ra.feed(new[1])
+    # Assert
+    assert msg is not None and msg.version == 6 and ra.buf is buf
+    assert bytes(msg.payload) == bytes(W.encode(W_Q24[::-1], SIZES, W.DTYPE_Q12, 6))
+    assert ra.feed(old[2]) is None  # after completion an older message may start over
+    with pytest.raises(ValueError, match="oversize"):
+        wire.Reassembler(16).feed(new[0])
