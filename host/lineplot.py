@@ -131,7 +131,7 @@ def line_chart(series: Sequence[Sequence[tuple[float, float]]], path: Path,
             color = PALETTE[i % len(PALETTE)]
             for (a, b), (cc, d) in zip(s, s[1:], strict=False):
                 c.line(*px(a, b), *px(cc, d), color, thick=2)
-            for p in s:
+            for p in (s if len(s) <= 50 else []):  # markers only where they stay legible
                 x, y = px(*p)
                 for dx in (-2, -1, 0, 1, 2):
                     for dy in (-2, -1, 0, 1, 2):

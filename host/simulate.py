@@ -1,0 +1,362 @@
+"""A whole fleet on one machine: Mosquitto, the coordinator and N MicroPython devices.
+
+Every device is a real MicroPython unix process (the 32-bit build by default, with a
+board's heap) running the board code on its own sine task; the coordinator runs in this
+process. After the run, each round's global model is scored on held-out tasks
+(tinyfleet.heldout: 10 shots, k adaptation steps, the devices' integer arithmetic) and a
+report is written: report.json, report.md and loss.png.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from . import reference
+from .broker import EmbeddedBroker, parse_broker
+from .errors import TinyFleetError
+from .fleet import Fleet, Watcher
+
+TASKS: dict[str, tuple[int, ...]] = {"sine": (1, 40, 40, 1)}
+
+
+@dataclass
+class SimConfig:
+    """Parameters of one simulation (the CLI's options)."""
+
+    devices: int = 4
+    rounds: int = 200
+    task: str = "sine"
+    out: Path | None = None
+    broker: str | None = None
+    strategy: str = "reptile"
+    seed: int = 0
+    k: int = 32
+    lr_shift: int = 6
+    epsilon: float = 1.0
+    build: str = "32"
+    heapsize: str | None = None
+    drift: int = 150          # samples between a device's task changes (0: never)
+    rate: int = 50            # device samples per second between rounds
+    deadline: float = 20.0
+    fleet_key: str | None = None  # None: a random key per run ("" : unsigned)
+    eval_tasks: int = 100
+    eval_steps: int = 32
+    eval_points: int = 20     # global models scored: rounds 0, R/20, 2R/20, ..., R
+    startup: float = 60.0     # seconds to wait for every device to come online
+
+    def check(self) -> None:
+        """Raises: TinyFleetError on an unusable option."""
+        if self.task not in TASKS:
+            raise TinyFleetError(f"unknown task {self.task!r} (choose {', '.join(TASKS)})")
+        if not 1 <= self.devices <= 64:
+            raise TinyFleetError("--devices must be 1..64")
+        if self.rounds < 1 or self.k < 1:
+            raise TinyFleetError("--rounds and --k must be >= 1")
+        if not 1 <= self.lr_shift <= 30:
+            raise TinyFleetError("--lr-shift must be 1..30")
+        if self.build not in ("32", "64"):
+            raise TinyFleetError("--build must be 32 or 64")
+
+
+@dataclass
+class RoundRow:
+    """One line of the report."""
+
+    round: int
+    status: str
+    epsilon: float
+    selected: list[str]
+    replied: list[str]
+    device_loss: float          # mean over replies of the loss during the k local steps
+    duration: float
+    heldout_before: float = float("nan")  # held-out MSE of θ_r without adaptation
+    heldout_after: float = float("nan")   # ... after eval_steps steps on 10 shots
+
+
+@dataclass
+class SimResult:
+    config: dict[str, Any]
+    out: str
+    rounds: list[RoundRow]
+    initial: RoundRow
+    devices: dict[str, dict[str, Any]]
+    elapsed: float
+    coordinator_ignored: int
+    notes: list[str] = field(default_factory=list)
+
+
+class Progress:
+    """One status line: rewritten with \\r on a terminal, periodic plain lines otherwise."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, every: float = 5.0) -> None:
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.every = every
+        self.last_text = ""
+        self.last_t = 0.0
+        self.t0 = time.monotonic()
+
+    def update(self, done: int, text: str, force: bool = False) -> None:
+        width = 24
+        fill = round(width * done / max(self.total, 1))
+        line = (f"round {done:>3}/{self.total} [{'#' * fill}{'.' * (width - fill)}] "
+                f"{text}  {time.monotonic() - self.t0:5.1f}s")
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r" + line.ljust(len(self.last_text)))
+            self.stream.flush()
+        elif force or now - self.last_t >= self.every:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self.last_t = now
+        self.last_text = line
+
+    def close(self) -> None:
+        if self.tty and self.last_text:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def device_configs(cfg: SimConfig, fleet: str, host: str, port: int,
+                   key: str | None) -> list[dict[str, Any]]:
+    """config.json of each device: its own seed, hence its own sine task (and drifts)."""
+    sizes = list(TASKS[cfg.task])
+    out = []
+    for i in range(cfg.devices):
+        out.append({"id": f"dev{i:02d}", "fleet": fleet, "model": cfg.task, "broker": host,
+                    "port": port, "fleet_key": key, "keepalive": 10, "sizes": sizes,
+                    "lr_shift": cfg.lr_shift, "seed": 1000 * cfg.seed + i + 1,
+                    "drift": cfg.drift, "rate": cfg.rate, "status_every": 500})
+    return out
+
+
+def run(cfg: SimConfig, stream: TextIO | None = None,
+        on_round: Callable[[RoundRow], None] | None = None) -> SimResult:
+    """Run a simulation; write the report under cfg.out; return what it found.
+
+    Raises:
+        TinyFleetError: the broker, MicroPython or a device cannot start, or every
+            device died.
+        KeyboardInterrupt: after a clean shutdown of every process, when interrupted.
+    """
+    from .checkpoint import Checkpoint
+    from .coordinator import Config, Coordinator
+    from .heldout import HeldOut
+
+    cfg.check()
+    stream = stream or sys.stdout
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = Path(cfg.out) if cfg.out else Path("runs") / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = TASKS[cfg.task]
+    key = secrets.token_hex(16) if cfg.fleet_key is None else (cfg.fleet_key or None)
+    fleet_name = f"sim{stamp.replace('-', '')}"  # runs sharing a broker do not mix
+    t0 = time.monotonic()
+    notes: list[str] = []
+    broker: EmbeddedBroker | None = None
+    fleet: Fleet | None = None
+    watcher: Watcher | None = None
+    stop = threading.Event()
+    rows: list[RoundRow] = []
+    thetas: list[np.ndarray] = [reference.init_weights(sizes, cfg.seed)]
+    progress = Progress(cfg.rounds, stream)
+    try:
+        if cfg.broker:
+            host, port = parse_broker(cfg.broker)
+        else:
+            (out / "broker").mkdir(exist_ok=True)  # its config and log stay in the report
+            broker = EmbeddedBroker(workdir=out / "broker").start()
+            host, port = broker.host, broker.port
+        stream.write(f"broker {host}:{port}, {cfg.devices} MicroPython {cfg.build}-bit "
+                     f"devices, {cfg.rounds} rounds of {cfg.strategy}, out {out}\n")
+        stream.flush()
+        watcher = Watcher(host, port, [f"tf/{fleet_name}/dev/+/status"],
+                          client_id=f"tf-sim-watch-{fleet_name}")
+        fleet = Fleet(out / "boards", build=cfg.build, heapsize=cfg.heapsize)
+        for dc in device_configs(cfg, fleet_name, host, port, key):
+            fleet.add(dc)
+        fleet.start()
+        _wait_online(cfg, fleet, watcher, fleet_name, progress)
+
+        ck = Checkpoint(out / "coordinator.sqlite")
+        ccfg = Config(fleet=fleet_name, model=cfg.task, sizes=sizes, strategy=cfg.strategy,
+                      rounds=cfg.rounds, per_round=1 if cfg.strategy == "tinyreptile" else 0,
+                      k=cfg.k, lr_shift=cfg.lr_shift, epsilon=cfg.epsilon,
+                      deadline=cfg.deadline, min_replies=1, seed=cfg.seed,
+                      key=key.encode() if key else None)
+        coord = Coordinator(ccfg, host, port, ck, client_id=f"tf-coord-{fleet_name}")
+
+        def round_done(res: Any) -> None:
+            losses = [r.loss for r in res.replies if r.loss == r.loss]
+            row = RoundRow(res.round, res.status, float(res.epsilon), list(res.selected),
+                           [r.device for r in res.replies],
+                           float(np.mean(losses)) if losses else float("nan"),
+                           float(res.duration))
+            rows.append(row)
+            thetas.append(np.asarray(coord.theta, dtype=np.int64).copy())
+            if on_round:
+                on_round(row)
+
+        coord.on_round = round_done
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                coord.run(stop)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=work, name="coordinator", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+                dead = fleet.dead()
+                if len(dead) == len(fleet.devices):
+                    stop.set()
+                    worker.join(10)
+                    raise TinyFleetError("every device died; last log lines:\n"
+                                         + dead[0].log_tail(8))
+                cur = coord.open
+                where = (f"replies {len(cur.replies)}/{len(cur.selected)}" if cur
+                         else "aggregating")
+                last = rows[-1] if rows else None
+                loss = f"loss {last.device_loss:.3f}" if last else "loss -"
+                progress.update(len(rows), f"{len(coord.online)}/{cfg.devices} online, "
+                                           f"{where}, {loss}", force=bool(rows) and
+                                len(rows) == cfg.rounds)
+        finally:
+            stop.set()
+            worker.join(15)
+            ck.close()
+            progress.close()
+        if errors:
+            raise errors[0]
+        ignored = coord.ignored
+        statuses = _final_statuses(watcher, fleet_name)
+        dead = fleet.dead()
+        if dead:
+            notes.append("devices that exited during the run: "
+                         + ", ".join(d.id for d in dead))
+    finally:
+        stop.set()
+        if fleet is not None:
+            fleet.stop()
+        if watcher is not None:
+            watcher.close()
+        if broker is not None:
+            broker.stop()
+
+    initial = RoundRow(0, "init", float("nan"), [], [], float("nan"), 0.0)
+    every = [initial] + rows
+    n = len(every) - 1
+    picks = sorted({round(i * n / cfg.eval_points) for i in range(cfg.eval_points + 1)})
+    stream.write(f"scoring {len(picks)} global models on {cfg.eval_tasks} held-out tasks "
+                 f"(10 shots, {cfg.eval_steps} steps)...\n")
+    stream.flush()
+    held = HeldOut.make(cfg.eval_tasks, seed=cfg.seed)
+    for i in picks:
+        every[i].heldout_before, every[i].heldout_after = held.evaluate(
+            thetas[i], sizes, cfg.eval_steps, cfg.lr_shift)
+    result = SimResult(config={k: (str(v) if isinstance(v, Path) else v)
+                               for k, v in asdict(cfg).items() if k != "fleet_key"},
+                       out=str(out), rounds=rows, initial=initial, devices=statuses,
+                       elapsed=time.monotonic() - t0, coordinator_ignored=ignored,
+                       notes=notes)
+    write_report(result, out)
+    return result
+
+
+def _wait_online(cfg: SimConfig, fleet: Fleet, watcher: Watcher, fleet_name: str,
+                 progress: Progress) -> None:
+    deadline = time.monotonic() + cfg.startup
+    online: set[str] = set()
+    prefix = f"tf/{fleet_name}/dev/"
+    while len(online) < cfg.devices:
+        for topic, payload, _ in list(watcher.messages):
+            try:
+                if json.loads(payload).get("state") == "online":
+                    online.add(topic[len(prefix):].split("/")[0])
+            except (ValueError, AttributeError):
+                pass
+        progress.update(0, f"{len(online)}/{cfg.devices} devices online")
+        dead = fleet.dead()
+        if dead:
+            raise TinyFleetError(f"device {dead[0].id} exited at start-up:\n"
+                                 + dead[0].log_tail(8))
+        if time.monotonic() > deadline:
+            raise TinyFleetError(f"only {len(online)} of {cfg.devices} devices came online "
+                                 f"within {cfg.startup:.0f} s")
+        time.sleep(0.1)
+
+
+def _final_statuses(watcher: Watcher, fleet_name: str) -> dict[str, dict[str, Any]]:
+    prefix = f"tf/{fleet_name}/dev/"
+    last: dict[str, dict[str, Any]] = {}
+    for topic, payload, _ in list(watcher.messages):
+        try:
+            st = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(st, dict) and st.get("state") != "offline":
+            last[topic[len(prefix):].split("/")[0]] = st
+    return dict(sorted(last.items()))
+
+
+def _f(v: float, digits: int = 3) -> str:
+    return "-" if v != v else f"{v:.{digits}f}"
+
+
+def write_report(res: SimResult, out: Path) -> None:
+    """report.json, report.md and loss.png under `out`."""
+    from .lineplot import PALETTE, line_chart
+
+    rows = [res.initial] + res.rounds
+    (out / "report.json").write_text(json.dumps(asdict(res), indent=1, default=str))
+    line_chart([[(r.round, r.heldout_after) for r in rows],
+                [(r.round, r.heldout_before) for r in rows],
+                [(r.round, r.device_loss) for r in res.rounds]], out / "loss.png")
+    names = ["blue", "red", "green"]
+    assert len(PALETTE) >= 3
+    c = res.config
+    first, last = res.initial, rows[-1]
+    md = [f"# TinyFleet simulation ({c['task']}, {c['strategy']})", "",
+          f"{c['devices']} MicroPython {c['build']}-bit devices, {len(res.rounds)} of "
+          f"{c['rounds']} rounds, k = {c['k']} local steps, lr 2^-{c['lr_shift']}, "
+          f"{res.elapsed:.1f} s.", "",
+          f"Held-out MSE after {c['eval_steps']} adaptation steps on 10 shots "
+          f"({c['eval_tasks']} tasks): **{_f(first.heldout_after)} → "
+          f"{_f(last.heldout_after)}** (round 0 → {last.round}).", "",
+          f"![loss](loss.png) — {names[0]}: held-out MSE after adaptation; {names[1]}: "
+          f"before adaptation; {names[2]}: devices' mean loss during their k steps.", ""]
+    shown = [r for r in rows if r.heldout_after == r.heldout_after] or rows
+    if len(shown) < len(rows):
+        md += [f"Rounds with a held-out score (all {len(rows) - 1} rounds are in report.json):",
+               ""]
+    md += ["| round | status | ε | replies | device loss | held-out MSE | adapted MSE | s |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in shown:
+        md.append(f"| {r.round} | {r.status} | {_f(r.epsilon, 2)} | {len(r.replied)} | "
+                  f"{_f(r.device_loss)} | {_f(r.heldout_before)} | {_f(r.heldout_after)} | "
+                  f"{r.duration:.2f} |")
+    md += ["", "| device | samples | rounds | online loss | accepted | rejected | kernel | "
+               "mem free |", "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for dev, st in res.devices.items():
+        md.append(f"| {dev} | {st.get('samples', '-')} | {st.get('rounds', '-')} | "
+                  f"{_f(float(st.get('loss', float('nan'))))} | {st.get('accepted', '-')} | "
+                  f"{st.get('rejected', '-')} | {st.get('kernel', '-')} | "
+                  f"{st.get('mem_free', '-')} |")
+    if res.notes:
+        md += [""] + [f"- {n}" for n in res.notes]
+    (out / "report.md").write_text("\n".join(md) + "\n")
