@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import upy
+from . import reference, upy
 from .errors import TinyFleetError
 
 BENCH_DIR = upy.REPO / "tools" / "bench"
@@ -75,27 +75,21 @@ class Report:
     targets: dict[str, dict[str, object]]
 
 
-def init_weights(sizes: list[int], rng: np.random.Generator) -> list[int]:
-    """He-uniform weights, zero biases, as Q24 ints in the SPEC layout."""
-    out: list[int] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=False):
-        limit = np.sqrt(6.0 / n_in)
-        w = rng.uniform(-limit, limit, size=(n_out, n_in))
-        block = np.concatenate([w, np.zeros((n_out, 1))], axis=1)
-        out += [int(v) for v in np.round(block * 2**24).astype(np.int64).ravel()]
-    return out
+def _init(sizes: list[int], seed: int) -> list[int]:
+    return [int(v) for v in reference.init_weights(sizes, seed)]
 
 
 def make_cases(seed: int = 1) -> list[Case]:
-    """1-40-40-1 sine regression and 64-32-10 digit-like classification."""
+    """1-40-40-1 sine regression and 64-32-10 digit-like classification, starting from the
+    device's seeded He-uniform init (host/reference.py reproduces device/mlp.py's)."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-3.0, 3.0, size=N_SAMPLES)
-    sine = Case("1-40-40-1", [1, 40, 40, 1], False, LR_SHIFT, init_weights([1, 40, 40, 1], rng),
+    sine = Case("1-40-40-1", [1, 40, 40, 1], False, LR_SHIFT, _init([1, 40, 40, 1], seed),
                 [[int(round(v * 4096))] for v in x],
                 [[int(round(np.sin(v) * 4096))] for v in x])
     # 8x8 "images" with pixel values in [0, 1] (digits scaled by 1/16) and a label each.
     pix = rng.integers(0, 17, size=(N_SAMPLES, 64))
-    digits = Case("64-32-10", [64, 32, 10], True, LR_SHIFT, init_weights([64, 32, 10], rng),
+    digits = Case("64-32-10", [64, 32, 10], True, LR_SHIFT, _init([64, 32, 10], seed),
                   [[int(v) * 256 for v in row] for row in pix],
                   [int(v) for v in rng.integers(0, 10, size=N_SAMPLES)])
     return [sine, digits]
@@ -180,7 +174,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def run(steps: int = 500, repeats: int = 5, build: str = "64", min_time: float = 0.2,
+def run(steps: int = 200, repeats: int = 5, build: str = "64", min_time: float = 0.2,
         c_steps: int | None = None, cases: list[Case] | None = None) -> Report:
     """Benchmark every kernel on every case, plus the C baseline, in one run.
 
