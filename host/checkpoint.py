@@ -85,7 +85,10 @@ class Checkpoint:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
+            # check_same_thread=False: opened by a caller, used by the coordinator's thread
+            # (one thread at a time; the connection is never shared concurrently).
+            self._db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None,
+                                       check_same_thread=False)
         except sqlite3.Error as exc:
             raise TinyFleetError(f"cannot open checkpoint {self.path}: {exc}") from None
         try:

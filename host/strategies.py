@@ -104,7 +104,8 @@ def aggregate(strategy: str, theta: np.ndarray, replies: Sequence[Reply],
     try:
         fn = AGGREGATORS[strategy]
     except KeyError:
-        raise ValueError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
+        raise ValueError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})") \
+            from None
     return fn(theta, replies, epsilon)
 
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
-
 from tinyfleet.broker import EmbeddedBroker, find_mosquitto, parse_broker, render_config
 from tinyfleet.errors import TinyFleetError
 

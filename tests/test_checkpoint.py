@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tinyfleet.checkpoint import Checkpoint, DeviceMetric
 from tinyfleet.errors import TinyFleetError
 

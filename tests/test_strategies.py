@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from tinyfleet.strategies import (
     Reply,
     aggregate,
