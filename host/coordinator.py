@@ -1,0 +1,399 @@
+"""The coordinator daemon: federated rounds over MQTT (paho-mqtt 2.x, callback API v2).
+
+Round r: pick devices among those whose retained status says they are online, publish
+the round start (round, global version, k steps, lr shift, deadline, devices), collect at
+most one update per selected device until every one replied or the deadline passed,
+aggregate with a pure strategy (tinyfleet.strategies), checkpoint the round in SQLite,
+and publish the new global weights retained with version r + 1. A round with fewer than
+`min_replies` updates is retried, then skipped. Updates for another round, from devices
+that were not selected, duplicates and undecodable frames are logged and ignored.
+The paho network thread only queues messages; all state lives in the main thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import strategies
+from .checkpoint import Checkpoint, DeviceMetric
+from .errors import TinyFleetError
+from .strategies import Reply
+
+log = logging.getLogger("tinyfleet.coordinator")
+
+M_MAX = 2**27 - 1  # master weights are clamped to ±M_MAX (SPEC)
+OFFLINE_STATES = ("offline", "stopped")
+
+# Known models: name -> layer sizes (the name is also the MQTT topic segment).
+MODELS: dict[str, tuple[int, ...]] = {
+    "sine": (1, 40, 40, 1),
+    "digits": (64, 32, 10),
+}
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'1-40-40-1' or '1,40,40,1' -> (1, 40, 40, 1).
+
+    Raises:
+        TinyFleetError: not at least two positive integers.
+    """
+    parts = text.replace(",", "-").split("-")
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        raise TinyFleetError(f"bad layer sizes {text!r} (e.g. 1-40-40-1)") from None
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise TinyFleetError(f"bad layer sizes {text!r} (e.g. 1-40-40-1)")
+    return sizes
+
+
+@dataclass
+class Config:
+    """Everything a coordinator run is parameterised by."""
+
+    fleet: str = "demo"
+    model: str = "sine"
+    sizes: tuple[int, ...] = (1, 40, 40, 1)
+    strategy: str = "reptile"
+    rounds: int = 10
+    per_round: int = 0          # devices per round (0: all online; tinyreptile: 1)
+    k: int = 32                 # local SGD steps per round on each device
+    lr_shift: int = 6           # learning rate 2**-lr_shift for the round's local steps
+    epsilon: float = 1.0        # outer step size at the first round
+    epsilon_end: float = 0.0
+    schedule: str = "linear"    # constant | linear | cosine
+    deadline: float = 30.0      # seconds a round waits for updates
+    min_replies: int = 1
+    attempts: int = 3           # tries per round before it is skipped
+    online_wait: float | None = None  # seconds to wait for min_replies devices online
+    seed: int = 0
+    key: bytes | None = None    # fleet HMAC key (None: unsigned frames)
+    settle: float = 0.5         # seconds to take in retained statuses before round 1
+
+    def check(self) -> None:
+        """Raises: TinyFleetError on an inconsistent configuration."""
+        if self.strategy not in strategies.STRATEGIES:
+            raise TinyFleetError(f"unknown strategy {self.strategy!r} "
+                                 f"(choose {', '.join(strategies.STRATEGIES)})")
+        if self.schedule not in strategies.SCHEDULES:
+            raise TinyFleetError(f"unknown epsilon schedule {self.schedule!r}")
+        for name in ("fleet", "model"):
+            v = getattr(self, name)
+            if not v or any(c in v for c in "/+#"):
+                raise TinyFleetError(f"bad {name} name {v!r} (no '/', '+' or '#')")
+        if self.rounds < 1 or self.k < 1 or self.min_replies < 1 or self.attempts < 1:
+            raise TinyFleetError("--rounds, --k, --min-replies and attempts must be >= 1")
+        if self.deadline <= 0:
+            raise TinyFleetError("--deadline must be > 0 seconds")
+        if self.strategy == "tinyreptile" and self.min_replies != 1:
+            raise TinyFleetError("tinyreptile takes one device per round: --min-replies 1")
+        if self.per_round and self.min_replies > self.per_round:
+            raise TinyFleetError("--min-replies is larger than devices per round")
+
+
+@dataclass
+class RoundResult:
+    """What one finished round did (also what the checkpoint stores)."""
+
+    round: int
+    status: str  # 'done' | 'skipped'
+    epsilon: float
+    selected: list[str]
+    replies: list[Reply]
+    duration: float
+    version: int
+
+
+@dataclass
+class _Open:
+    """The round currently collecting updates."""
+
+    round: int
+    version: int
+    selected: set[str]
+    replies: dict[str, Reply] = field(default_factory=dict)
+
+
+def to_master(theta: np.ndarray) -> np.ndarray:
+    """Global weights as Q24 master integers: rounded, clamped to ±M_MAX."""
+    return np.clip(np.rint(theta), -M_MAX, M_MAX).astype(np.int64)
+
+
+class Coordinator:
+    """Runs rounds against a broker; `run()` returns when done or when `stop` is set.
+
+    The checkpoint is owned by the caller (opened before, closed after).
+    """
+
+    def __init__(self, cfg: Config, host: str, port: int, checkpoint: Checkpoint,
+                 codec: Any = None, client_id: str | None = None) -> None:
+        cfg.check()
+        from .coord_codec import Codec
+
+        self.cfg = cfg
+        self.host, self.port = host, port
+        self.ck = checkpoint
+        self.codec = codec or Codec(cfg.fleet, cfg.model, cfg.sizes, cfg.key)
+        self.client_id = client_id or f"tf-coord-{cfg.fleet}-{cfg.model}"
+        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.online: dict[str, dict[str, Any]] = {}  # device id -> last status
+        self.open: _Open | None = None
+        self.ignored = 0  # messages ignored (late, duplicate, garbage, unselected)
+        self.connected = threading.Event()
+        self.client: Any = None
+        self.theta: np.ndarray = np.zeros(0)
+        self.last_round = -1
+        self.on_round: Callable[[RoundResult], None] | None = None  # hook for callers
+
+    # -- MQTT plumbing (paho's thread only queues) ----------------------------------------
+    def _connect(self) -> None:
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
+        c.max_queued_messages_set(0)
+        c.will_set(self.codec.topic_coordinator(), json.dumps({"state": "offline"}), qos=1,
+                   retain=True)
+        c.on_connect = self._on_connect
+        c.on_message = lambda cl, ud, msg: self.inbox.put((msg.topic, bytes(msg.payload)))
+        c.on_subscribe = lambda *a: self.connected.set()
+        c.on_disconnect = lambda *a: self.connected.clear()
+        c.reconnect_delay_set(0.2, 5)
+        try:
+            c.connect(self.host, self.port, keepalive=30)
+        except OSError as exc:
+            raise TinyFleetError(f"cannot connect to the broker at {self.host}:{self.port}: "
+                                 f"{exc}") from None
+        c.loop_start()
+        self.client = c
+        if not self.connected.wait(10):
+            self._disconnect()
+            raise TinyFleetError(f"no CONNACK from the broker at {self.host}:{self.port}")
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any,
+                    props: Any = None) -> None:
+        if getattr(rc, "is_failure", False):
+            log.error("broker refused the connection: %s", rc)
+            return
+        client.subscribe([(t, 1) for t in self.codec.subscriptions()])
+        client.publish(self.codec.topic_coordinator(), json.dumps({"state": "online"}), qos=1,
+                       retain=True)
+
+    def _disconnect(self) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.publish(self.codec.topic_coordinator(),
+                                json.dumps({"state": "offline"}), qos=1,
+                                retain=True).wait_for_publish(2)
+        except (RuntimeError, ValueError):
+            pass
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.client = None
+
+    def _publish(self, topic: str, frames: list[bytes], retain: bool = False) -> None:
+        infos = [self.client.publish(topic, f, qos=1, retain=retain) for f in frames]
+        for info in infos:
+            info.wait_for_publish(10)
+
+    # -- message handling (main thread) ---------------------------------------------------
+    def _drain(self, until: float, stop: threading.Event,
+               done: Callable[[], bool] = lambda: False) -> None:
+        """Handle incoming messages until `until` (monotonic), `done()` or stop."""
+        while not stop.is_set() and not done():
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                topic, payload = self.inbox.get(timeout=min(left, 0.1))
+            except queue.Empty:
+                continue
+            self._handle(topic, payload)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        kind, dev = self.codec.parse_topic(topic)
+        if kind == "status":
+            self._on_status(dev, payload)
+        elif kind == "update":
+            self._on_update(dev, payload)
+
+    def _on_status(self, dev: str, payload: bytes) -> None:
+        if not payload:  # a cleared retained status: the device is gone
+            self.online.pop(dev, None)
+            return
+        try:
+            st = self.codec.decode_status(payload)
+            state = str(st["state"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self._ignore(f"garbage status from {dev!r} ({len(payload)} bytes): {exc}")
+            return
+        if state in OFFLINE_STATES:
+            if self.online.pop(dev, None) is not None:
+                log.info("device %s is %s", dev, state)
+        else:
+            if dev not in self.online:
+                log.info("device %s is online", dev)
+            self.online[dev] = st
+
+    def _on_update(self, dev: str, payload: bytes) -> None:
+        try:
+            upd = self.codec.decode_update(dev, payload)
+        except (ValueError, UnicodeError) as exc:
+            self._ignore(f"garbage update from {dev!r} ({len(payload)} bytes): {exc}")
+            return
+        if upd is None:
+            return  # more chunks to come
+        rnd = self.open
+        if upd.device != dev:
+            self._ignore(f"update on {dev!r}'s topic claims to be from {upd.device!r}")
+        elif rnd is None or upd.round != rnd.round:
+            self._ignore(f"late update from {dev} for round {upd.round} "
+                         f"(open: {rnd.round if rnd else 'none'})")
+        elif dev not in rnd.selected:
+            self._ignore(f"update from {dev}, not selected for round {rnd.round}")
+        elif dev in rnd.replies:
+            self._ignore(f"duplicate update from {dev} for round {rnd.round}")
+        else:
+            rnd.replies[dev] = Reply(dev, upd.weights, upd.samples, upd.loss)
+            log.debug("round %d: update from %s (%d samples, loss %.4f)", rnd.round, dev,
+                      upd.samples, upd.loss)
+
+    def _ignore(self, why: str) -> None:
+        self.ignored += 1
+        log.warning("ignored: %s", why)
+
+    # -- rounds ---------------------------------------------------------------------------
+    def _resume(self) -> None:
+        from . import reference
+
+        cfg = self.ck
+        cfg.ensure_meta(fleet=self.cfg.fleet, model=self.cfg.model,
+                        sizes="-".join(map(str, self.cfg.sizes)))
+        got = cfg.resume()
+        if got is None:
+            theta = reference.init_weights(self.cfg.sizes, self.cfg.seed).astype(np.float64)
+            cfg.save_round(0, theta, strategy=self.cfg.strategy, status="init",
+                           finished=time.time())
+            got = (0, theta)
+            log.info("new checkpoint %s: initial weights (seed %d)", cfg.path, self.cfg.seed)
+        else:
+            log.info("resuming from %s: round %d completed", cfg.path, got[0])
+        self.last_round, self.theta = got
+        if self.theta.shape != (self.codec.n_params,):
+            raise TinyFleetError(f"checkpoint weights have {self.theta.size} params, model "
+                                 f"{self.cfg.sizes} needs {self.codec.n_params}")
+
+    def _publish_global(self) -> int:
+        version = self.last_round + 1
+        frame = self.codec.encode_global(to_master(self.theta), version)
+        self._publish(self.codec.topic_global(), frame, retain=True)
+        return version
+
+    def _wait_online(self, need: int, stop: threading.Event) -> bool:
+        wait = self.cfg.online_wait if self.cfg.online_wait is not None else self.cfg.deadline
+        self._drain(time.monotonic() + wait, stop, lambda: len(self.online) >= need)
+        return len(self.online) >= need
+
+    def _run_round(self, r: int, version: int, stop: threading.Event) -> RoundResult | None:
+        """One round with retries; None when stopped before it finished."""
+        cfg = self.cfg
+        eps = strategies.epsilon_at(cfg.schedule, r - 1, cfg.rounds, cfg.epsilon,
+                                    cfg.epsilon_end)
+        t0 = time.monotonic()
+        selected: list[str] = []
+        replies: dict[str, Reply] = {}
+        for attempt in range(1, cfg.attempts + 1):
+            if not self._wait_online(cfg.min_replies, stop):
+                if stop.is_set():
+                    return None
+                log.warning("round %d: %d device(s) online, need %d (attempt %d/%d)", r,
+                            len(self.online), cfg.min_replies, attempt, cfg.attempts)
+                continue
+            selected = strategies.select_devices(cfg.strategy, list(self.online),
+                                                 cfg.per_round, r + attempt - 1, cfg.seed)
+            self.open = _Open(r, version, set(selected))
+            self.codec.theta = self.theta  # the base of delta updates
+            self._publish(self.codec.topic_round(),
+                          self.codec.encode_round(r, cfg.k, cfg.lr_shift, cfg.deadline,
+                                                  selected))
+            log.info("round %d/%d: started (attempt %d), %d device(s): %s, eps %.4f", r,
+                     cfg.rounds, attempt, len(selected), " ".join(selected), eps)
+            rnd = self.open
+            self._drain(time.monotonic() + cfg.deadline, stop,
+                        lambda rnd=rnd: len(rnd.replies) >= len(rnd.selected))
+            replies = dict(rnd.replies)
+            if stop.is_set():
+                self.open = None
+                return None
+            if len(replies) >= cfg.min_replies:
+                break
+            missing = sorted(rnd.selected - set(replies))
+            log.warning("round %d: %d of %d replies by the deadline (need %d); no reply "
+                        "from %s (attempt %d/%d)", r, len(replies), len(selected),
+                        cfg.min_replies, " ".join(missing), attempt, cfg.attempts)
+        self.open = None
+        got = [replies[d] for d in sorted(replies)]
+        if len(got) >= cfg.min_replies:
+            theta = strategies.aggregate(cfg.strategy, self.theta, got, eps)
+            status = "done"
+        else:
+            theta = self.theta
+            status = "skipped"
+            log.warning("round %d: skipped after %d attempts, global weights unchanged", r,
+                        cfg.attempts)
+        self.theta = to_master(theta).astype(np.float64)
+        return RoundResult(r, status, eps, selected, got, time.monotonic() - t0, version + 1)
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        """Run until `cfg.rounds` rounds are complete or `stop` is set.
+
+        Returns the number of rounds completed in this run.
+
+        Raises:
+            TinyFleetError: the broker cannot be reached, or the checkpoint does not fit.
+        """
+        stop = stop or threading.Event()
+        self._resume()
+        self._connect()
+        done = 0
+        try:
+            version = self._publish_global()
+            log.info("published global v%d", version)
+            # Retained statuses arrive right after the SUBACK; take them all in first so the
+            # first round selects from the whole fleet, not from whoever was quickest.
+            self._drain(time.monotonic() + self.cfg.settle, stop)
+            log.info("%d device(s) online: %s", len(self.online), " ".join(sorted(self.online)))
+            while self.last_round < self.cfg.rounds and not stop.is_set():
+                r = self.last_round + 1
+                res = self._run_round(r, version, stop)
+                if res is None:
+                    break
+                self.ck.save_round(
+                    r, self.theta, strategy=self.cfg.strategy, epsilon=res.epsilon,
+                    selected=res.selected, replied=[x.device for x in res.replies],
+                    duration=res.duration, status=res.status, finished=time.time(),
+                    metrics=[DeviceMetric(x.device, x.loss, x.samples) for x in res.replies])
+                self.last_round = r
+                version = self._publish_global()
+                done += 1
+                losses = [x.loss for x in res.replies if x.loss == x.loss]
+                log.info("round %d/%d: %s, %d replies in %.2f s, mean loss %s -> global v%d",
+                         r, self.cfg.rounds, res.status, len(res.replies), res.duration,
+                         f"{np.mean(losses):.4f}" if losses else "n/a", version)
+                if self.on_round:
+                    self.on_round(res)
+            if stop.is_set():
+                log.info("stopping: %d round(s) completed, last completed round %d", done,
+                         self.last_round)
+        finally:
+            self._disconnect()
+        return done
