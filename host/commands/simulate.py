@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
     from pathlib import Path
 
     from ..simulate import SimConfig
@@ -44,7 +45,14 @@ def run(args: argparse.Namespace) -> int:
                     epsilon=args.epsilon, build=args.build, heapsize=args.heapsize,
                     drift=args.drift, rate=args.rate, deadline=args.deadline,
                     fleet_key="" if args.unsigned else None)
-    res = simulate(cfg)
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # the same clean shutdown as Ctrl-C
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        res = simulate(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, old)
     first, last = res.initial, (res.rounds[-1] if res.rounds else res.initial)
     print(f"held-out MSE after {cfg.eval_steps} steps: round 0 {first.heldout_after:.3f} -> "
           f"round {last.round} {last.heldout_after:.3f} "

@@ -1,0 +1,92 @@
+"""`tinyfleet simulate` as a user runs it: progress output, one-line user errors, and a
+clean shutdown of the broker and every device process on Ctrl-C."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tinyfleet.simulate import Progress
+
+
+# The real CLI entry point (main(): dispatch, one-line errors, exit codes), with its
+# table narrowed to this command so that another command's import problem cannot fail
+# these tests.
+CLI = ("import sys; from tinyfleet import cli; "
+       "cli.COMMANDS = {'simulate': cli.COMMANDS['simulate']}; sys.exit(cli.main())")
+
+
+def cli(*args: str, **kw) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", CLI, "simulate", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def processes_under(out: Path) -> list[str]:
+    """Live processes started for the run in `out`: devices (cwd under out/boards) and
+    the embedded broker (its config under out/broker)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+        except OSError:
+            continue
+        if state != "Z" and (cwd.startswith(str(out)) or str(out) in cmd):
+            found.append(f"{pid} {cmd}")
+    return found
+
+
+def test_progress_line_tty_and_plain():
+    plain = io.StringIO()
+    p = Progress(10, plain, every=0.0)
+    p.update(3, "4/4 online")
+    p.update(10, "done", force=True)
+    lines = plain.getvalue().splitlines()
+    assert lines[0].startswith("round   3/10 [#######") and "4/4 online" in lines[0], lines
+    assert "\r" not in plain.getvalue() and len(lines) == 2
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    p = Progress(10, tty)
+    p.update(1, "a")
+    p.update(2, "b")
+    p.close()
+    text = tty.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n") and text.count("\n") == 1, repr(text)
+
+
+def test_user_error_is_one_line():
+    proc = cli("--devices", "0")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert err.strip() == "tinyfleet: error: --devices must be 1..64", err
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path):
+    # Prepare: a run far too long to finish, with its devices mid-round
+    out = tmp_path / "run"
+    proc = cli("--devices", "4", "--rounds", "100000", "--out", str(out))
+    log = out / "boards" / "dev00" / "device.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "round 2:" in log.read_text()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no round started within 60 s"
+        time.sleep(0.2)
+    assert len(processes_under(out)) >= 5  # 4 devices and the broker
+    # Execute
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    # Assert
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "tinyfleet: error" not in stderr and "Traceback" not in stderr, stderr
+    assert stdout.startswith("broker 127.0.0.1:") and "round" in stdout, stdout
+    assert processes_under(out) == []
