@@ -156,3 +156,17 @@ def test_naive_baseline_learns_the_same_network() -> None:
             wf = ref.float_train_step(wf, case.sizes, x, y, case.classify, case.lr_shift)
         flat = [v for layer in net.layers for row in layer for v in row]
         np.testing.assert_allclose(flat, wf, rtol=0, atol=1e-9, err_msg=case.name)
+
+
+def test_a_kernel_that_does_not_fit_the_heap_is_reported(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On a small heap the naive baseline runs out of memory; the table says so and the
+    fixed-point kernels (no allocation per step) are still measured."""
+    out = _run(["kernels", "--steps", "16", "--repeats", "1", "--min-time", "0",
+                "--heap", "160K"], capsys)
+    rows = {tuple(line.split()[:2]): line for line in out.splitlines()[2:]
+            if not line.startswith("target")}
+    for shape in SHAPES:
+        assert "n/a" in rows[shape, "naive"] and "MemoryError" in rows[shape, "naive"], out
+        assert "x of C" in rows[shape, "viper"], out
+    assert "viper - faster than naive" in out and "MISSED" in out, out

@@ -14,6 +14,9 @@ def _add_kernels(parser: argparse.ArgumentParser) -> None:
                         help="and at least S seconds per timed repeat (default 0.2)")
     parser.add_argument("--repeats", type=int, default=5, metavar="R",
                         help="timed repeats; the median is reported (default 5)")
+    parser.add_argument("--heap", default="512K", metavar="SIZE",
+                        help="MicroPython heap for the timed runs, as -X heapsize (default 512K, "
+                             "board-sized: an allocating kernel pays for its GC)")
     parser.add_argument("--build", choices=["64", "32"], default="64",
                         help="MicroPython unix port build (32: 31-bit small ints like ESP32)")
 
@@ -22,7 +25,7 @@ def _run_kernels(args: argparse.Namespace) -> int:
     from .. import bench_kernels  # numpy and subprocess work only when the command runs
 
     report = bench_kernels.run(steps=args.steps, repeats=args.repeats, build=args.build,
-                               min_time=args.min_time)
+                               min_time=args.min_time, heap=args.heap)
     print(bench_kernels.to_json(report) if args.json else bench_kernels.format_table(report))
     return 0
 

@@ -1,9 +1,10 @@
 """Kernel benchmark, run ON MicroPython by `tinyfleet bench kernels` (host/bench_kernels.py).
 
 Reads bench_cfg.json from the staged board root. For each case and kernel prints one JSON
-line with one timed repeat: µs per SGD step over at least `steps` steps and at least
-`min_time` seconds (GC enabled, as in real use), and, when `alloc` is set, bytes allocated
-per step (gc.mem_alloc delta over `alloc_steps` steps with the GC disabled). The host runs
+line: either one timed repeat, µs per SGD step over at least `steps` steps and at least
+`min_time` seconds (GC enabled, as in real use, on a board-sized heap), or, when `alloc` is
+set, bytes allocated per step (gc.mem_alloc delta over `alloc_steps` steps with the GC
+disabled, on a big heap). The host runs
 this once per repeat, interleaved with the C baseline, so a burst of machine load hits every
 kernel alike.
 """
@@ -98,7 +99,9 @@ def main():
                 _run(step, xs, ys, 16)  # warm up (first-call allocations, caches)
                 if cfg["alloc"]:
                     row["bytes_per_step"] = _alloc_per_step(step, xs, ys, cfg["alloc_steps"])
-                row["us_per_step"], row["steps"] = _us_per_step(step, xs, ys, steps, min_time)
+                else:
+                    row["us_per_step"], row["steps"] = _us_per_step(step, xs, ys, steps,
+                                                                    min_time)
                 row["available"] = True
             except _Unavailable as exc:
                 row["note"] = str(exc)
