@@ -93,10 +93,11 @@ class EmbeddedBroker:
     ...     client.connect(b.host, b.port)
     """
 
-    def __init__(self, *, max_queued: int = 100_000, persistence: bool = False,
+    def __init__(self, *, port: int = 0, max_queued: int = 100_000, persistence: bool = False,
                  workdir: str | Path | None = None, startup_timeout: float = 10.0) -> None:
         self.host = "127.0.0.1"
-        self.port = 0
+        self.fixed_port = port  # 0: a free port, chosen at start()
+        self.port = port
         self.max_queued = max_queued
         self.persistence = persistence
         self.startup_timeout = startup_timeout
@@ -121,8 +122,9 @@ class EmbeddedBroker:
             raise TinyFleetError(f"mosquitto not found ({exe or 'not on PATH'}): install it "
                                  "(apt-get install mosquitto) or pass --broker HOST:PORT")
         last_err = ""
-        for _attempt in range(5):  # another process may grab the free port before we bind
-            self.port = free_port(self.host)
+        for _attempt in range(1 if self.fixed_port else 5):
+            # A free port may be taken by another process before mosquitto binds it: retry.
+            self.port = self.fixed_port or free_port(self.host)
             conf = self.workdir / "mosquitto.conf"
             pdir = self.workdir if self.persistence else None
             conf.write_text(render_config(self.port, host=self.host,

@@ -34,7 +34,8 @@ class Update:
 
 def model_id(name: str) -> int:
     """The u16 model id the wire carries for a model name (as devices derive it)."""
-    return int(wire.model_id_of(name))
+    fn = getattr(wire, "model_id_of", None) or wire.model_id  # the name changed once
+    return int(fn(name))
 
 
 def parse_key(text: str | bytes | None) -> bytes | None:

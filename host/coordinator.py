@@ -32,6 +32,7 @@ log = logging.getLogger("tinyfleet.coordinator")
 
 M_MAX = 2**27 - 1  # master weights are clamped to ±M_MAX (SPEC)
 OFFLINE_STATES = ("offline", "stopped")
+_CONNECTED = "\x00connected"  # inbox marker: (re)connected to the broker
 
 # Known models: name -> layer sizes (the name is also the MQTT topic segment).
 MODELS: dict[str, tuple[int, ...]] = {
@@ -152,6 +153,8 @@ class Coordinator:
         self.client: Any = None
         self.theta: np.ndarray = np.zeros(0)
         self.last_round = -1
+        self.version = 0  # of the global weights last published
+        self.connects = 0
         self.on_round: Callable[[RoundResult], None] | None = None  # hook for callers
 
     # -- MQTT plumbing (paho's thread only queues) ----------------------------------------
@@ -165,7 +168,7 @@ class Coordinator:
         c.on_connect = self._on_connect
         c.on_message = lambda cl, ud, msg: self.inbox.put((msg.topic, bytes(msg.payload)))
         c.on_subscribe = lambda *a: self.connected.set()
-        c.on_disconnect = lambda *a: self.connected.clear()
+        c.on_disconnect = self._on_disconnect
         c.reconnect_delay_set(0.2, 5)
         try:
             c.connect(self.host, self.port, keepalive=30)
@@ -184,8 +187,15 @@ class Coordinator:
             log.error("broker refused the connection: %s", rc)
             return
         client.subscribe([(t, 1) for t in self.codec.subscriptions()])
+        self.inbox.put((_CONNECTED, b""))  # the main thread republishes the global
         client.publish(self.codec.topic_coordinator(), json.dumps({"state": "online"}), qos=1,
                        retain=True)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any,
+                       props: Any = None) -> None:
+        if self.connected.is_set():
+            log.warning("lost the broker (%s); reconnecting", rc)
+        self.connected.clear()
 
     def _disconnect(self) -> None:
         if self.client is None:
@@ -201,9 +211,15 @@ class Coordinator:
         self.client = None
 
     def _publish(self, topic: str, frames: list[bytes], retain: bool = False) -> None:
+        """QoS 1 publish; while the broker is away paho keeps the frames and sends them
+        after it reconnects, so a broker restart costs a log line, not the daemon."""
         infos = [self.client.publish(topic, f, qos=1, retain=retain) for f in frames]
-        for info in infos:
-            info.wait_for_publish(10)
+        try:
+            for info in infos:
+                info.wait_for_publish(10)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("publish on %s not confirmed (%s); queued for the reconnect",
+                        topic, exc)
 
     # -- message handling (main thread) ---------------------------------------------------
     def _drain(self, until: float, stop: threading.Event,
@@ -220,6 +236,13 @@ class Coordinator:
             self._handle(topic, payload)
 
     def _handle(self, topic: str, payload: bytes) -> None:
+        if topic == _CONNECTED:
+            self.connects += 1
+            if self.connects > 1 and self.version:
+                # A restarted broker without persistence has lost the retained global.
+                log.info("reconnected: republishing global v%d", self.version)
+                self._publish_global()
+            return
         kind, dev = self.codec.parse_topic(topic)
         if kind == "status":
             self._on_status(dev, payload)
@@ -296,6 +319,7 @@ class Coordinator:
         version = self.last_round + 1
         frame = self.codec.encode_global(to_master(self.theta), version)
         self._publish(self.codec.topic_global(), frame, retain=True)
+        self.version = version
         return version
 
     def _wait_online(self, need: int, stop: threading.Event) -> bool:
@@ -328,8 +352,10 @@ class Coordinator:
             log.info("round %d/%d: started (attempt %d), %d device(s): %s, eps %.4f", r,
                      cfg.rounds, attempt, len(selected), " ".join(selected), eps)
             rnd = self.open
+            # Done when every selected device replied or went offline (its last will).
             self._drain(time.monotonic() + cfg.deadline, stop,
-                        lambda rnd=rnd: len(rnd.replies) >= len(rnd.selected))
+                        lambda rnd=rnd: all(d in rnd.replies or d not in self.online
+                                            for d in rnd.selected))
             replies = dict(rnd.replies)
             if stop.is_set():
                 self.open = None

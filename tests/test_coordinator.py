@@ -51,15 +51,26 @@ class FakeDevice:
     def __init__(self, broker: EmbeddedBroker, dev: str, plan: Plan) -> None:
         self.dev, self.plan = dev, plan
         self.rounds_seen: list[tuple[int, tuple[str, ...] | None]] = []
+        self.ready = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fake-{dev}")
         self.c.will_set(wire.topic_status(FLEET, dev), json.dumps({"state": "offline"}),
                         qos=1, retain=True)
         self.c.on_message = self._on_message
+        self.c.on_connect = self._on_connect
+        self.c.on_subscribe = lambda *a: self.ready.set()
+        self.c.reconnect_delay_set(0.1, 1)
         self.c.connect(broker.host, broker.port)
-        self.c.subscribe(wire.topic_round(FLEET, MODEL), qos=1)
         self.c.loop_start()
-        self.c.publish(wire.topic_status(FLEET, dev), json.dumps({"id": dev, "state": "online"}),
-                       qos=1, retain=True).wait_for_publish(5)
+        assert self.ready.wait(5), f"fake device {dev} could not subscribe"
+
+    def _on_connect(self, client, userdata, flags, rc, props=None) -> None:
+        # Like device/agent.py: (re)subscribe and announce itself after every connection.
+        client.subscribe(wire.topic_round(FLEET, MODEL), qos=1)
+        self.set_status("online")
+
+    def set_status(self, state: str) -> None:
+        self.c.publish(wire.topic_status(FLEET, self.dev),
+                       json.dumps({"id": self.dev, "state": state}), qos=1, retain=True)
 
     def _on_message(self, client, userdata, msg) -> None:
         rs = wire.parse_round_start(wire.decode(msg.payload))
@@ -74,7 +85,7 @@ class FakeDevice:
                 self.c.publish(wire.topic_update(FLEET, self.dev), f, qos=1)
 
     def close(self, clear: bool = True) -> None:
-        if clear:
+        if clear and self.c.is_connected():
             self.c.publish(wire.topic_status(FLEET, self.dev), b"", qos=1,
                            retain=True).wait_for_publish(5)
         self.c.loop_stop()
@@ -249,6 +260,56 @@ def test_silent_device_round_closes_at_deadline_with_the_others(mosquitto, fleet
     np.testing.assert_allclose(h.weights / ONE, np.full(N, 2.0))
     assert h.duration >= 2.0 and took < 15
     assert d.rounds_seen == [(1, ("a", "b", "d"))]
+
+
+def test_device_going_offline_closes_the_round_early(mosquitto, fleet, tmp_path):
+    # Prepare: d announces "offline" (as its last will would) instead of replying
+    fleet("a", lambda r: [(0, update_frames("a", r, 4096))])
+    d = fleet("d", lambda r: [])
+    d.plan = lambda r: (d.set_status("offline"), [])[1]
+    # Execute
+    coord, th, stop, ck = start_coordinator(mosquitto, tmp_path / "c.db", strategy="reptile",
+                                            epsilon=1.0, deadline=20.0)
+    t0 = time.monotonic()
+    finish(th, ck)
+    # Assert: closed with a's reply long before the 20 s deadline
+    with Checkpoint(tmp_path / "c.db") as ck2:
+        h = ck2.history()[1]
+    assert h.selected == ["a", "d"] and h.replied == ["a"]
+    np.testing.assert_allclose(h.weights / ONE, np.full(N, 1.0))
+    assert time.monotonic() - t0 < 10 and h.duration < 10
+
+
+def test_broker_restart_mid_run_coordinator_reconnects_and_finishes(mosquitto, fleet,
+                                                                    tmp_path, caplog):
+    # Prepare: θ0 = 0, ε = 0.5, a answers 2.0: θ_r = 2·(1 − 0.5^r)
+    caplog.set_level(logging.INFO, logger="tinyfleet.coordinator")
+    fleet("a", lambda r: [(0.3, update_frames("a", r, 2 * 4096))])
+    db = tmp_path / "c.db"
+    coord, th, stop, ck = start_coordinator(mosquitto, db, strategy="reptile", epsilon=0.5,
+                                            rounds=4, deadline=2.0, attempts=5)
+    # Execute: once round 1 is in, stop the broker for a second, then restart it on its port
+    wait_round(db, 1)
+    port = mosquitto.port
+    mosquitto.stop()
+    time.sleep(1.0)
+    second = EmbeddedBroker(port=port).start()
+    try:
+        finish(th, ck, timeout=90)
+        watch = GlobalWatcher(second)
+        final = watch.wait_version(5, timeout=10)  # the retained global on the new broker
+        watch.close()
+    finally:
+        stop.set()
+        second.stop()
+    # Assert: every round done exactly once, weights as computed by hand
+    with Checkpoint(db) as ck2:
+        hist = ck2.history()
+    assert [(h.round, h.status) for h in hist[1:]] == [(r, "done") for r in range(1, 5)]
+    for h in hist:
+        np.testing.assert_allclose(h.weights / ONE, np.full(N, 2 * (1 - 0.5 ** h.round)))
+    np.testing.assert_allclose(final, np.full(N, 1.875))
+    assert "lost the broker" in caplog.text and "reconnected: republishing global" in caplog.text
 
 
 def test_too_few_replies_retries_then_skips(mosquitto, fleet, tmp_path, caplog):
