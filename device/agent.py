@@ -12,13 +12,11 @@ import time
 from array import array
 from binascii import crc32
 
-from micropython import const
-
+import datasource
 from client import Link
+from micropython import const
 from mlp import MLP
 from store import Store
-
-import datasource
 from tfshared import hmac, weights, wire
 
 _EMA_SHIFT = const(6)  # online loss: exponential average over ~64 samples

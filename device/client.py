@@ -12,11 +12,9 @@ import socket
 import struct
 import time
 
-from micropython import const
-
-from umqtt.simple import MQTTClient, MQTTException
-
 from backoff import Backoff
+from micropython import const
+from umqtt.simple import MQTTClient, MQTTException
 
 _SKIP = const(256)  # drain buffer for oversized messages
 _MAX_TOPIC = const(160)

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_broker import mosquitto  # noqa: F401  (coord's fixture: a real Mosquitto)
-
 from tfshared import weights, wire
 from tinyfleet import reference
 from tinyfleet.broker import EmbeddedBroker, find_mosquitto
@@ -59,10 +58,12 @@ def wait_status(w: Watcher, pred, start: int, timeout: float = 15.0) -> dict:
 
 
 @pytest.fixture
-def device(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[tuple[Device, Watcher]]:  # noqa: F811
-    """One device process (keepalive 2 s, max message 8 KB) and a watcher on its topics."""
+def device(tmp_path: Path, mosquitto: EmbeddedBroker,  # noqa: F811
+           build: str) -> Iterator[tuple[Device, Watcher]]:
+    """One device process (keepalive 2 s; 32-bit build with 128 KB heap, or 64-bit with
+    256 KB) and a watcher on its fleet's topics."""
     w = Watcher(mosquitto.host, mosquitto.port, [f"tf/{FLEET}/#"], client_id="test-watch")
-    fleet = Fleet(tmp_path, build="32")
+    fleet = Fleet(tmp_path, build=build)
     dev = fleet.add({"id": DEV, "fleet": FLEET, "model": MODEL, "broker": mosquitto.host,
                      "port": mosquitto.port, "fleet_key": KEY, "keepalive": 2,
                      "seed": 7, "rate": 100})
@@ -177,7 +178,7 @@ def test_client_lifecycle(device: tuple[Device, Watcher], mosquitto: EmbeddedBro
         w.close()
 
 
-def test_restart_restores_persisted_model(tmp_path: Path, mosquitto: EmbeddedBroker):  # noqa: F811
+def test_restart_restores_persisted_model(tmp_path: Path, mosquitto: EmbeddedBroker):  # noqa: F811,E501
     """A device restarted with model.bin on its flash starts from that global version and
     ignores the retained copy of the same model."""
     w = Watcher(mosquitto.host, mosquitto.port, [f"tf/{FLEET}/#"], client_id="w")

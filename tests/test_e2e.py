@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 from test_broker import mosquitto  # noqa: F401  (coord's fixture: a real Mosquitto)
-
 from tinyfleet.broker import EmbeddedBroker
 from tinyfleet.simulate import SimConfig, run
 

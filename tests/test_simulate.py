@@ -13,7 +13,6 @@ from pathlib import Path
 
 from tinyfleet.simulate import Progress
 
-
 # The real CLI entry point (main(): dispatch, one-line errors, exit codes), with its
 # table narrowed to this command so that another command's import problem cannot fail
 # these tests.
