@@ -5,18 +5,21 @@ Kernel interface (kernel_viper has the same functions; mlp.MLP calls them per la
      row j at w[off + j*(n_in+1) ...], its bias last.
   a_in/a_out/d_in/d_out/z/y: array('i') Q12 buffers of the layer's units.
   load_input(x, a, n)            a[i] = clamp(x[i], +-A_MAX)
-  forward(w, off, a_in, n_in, a_out, n_out, relu)
-                                 a_out = W a_in + b, clipped ReLU [0, A_MAX] if relu
+  forward(w, off, a_in, n_in, a_out, n_out, mode)
+                                 a_out = W a_in + b; clipped ReLU [0, A_MAX] if mode & 1
+                                 (mode & 2: a_in may be negative, i.e. the input layer)
   delta_mse(z, y, d, n)          d = clamp(z - y, +-D_MAX)
   delta_softmax(z, label, d, n, exp2)
                                  d = softmax(z) - onehot(label), integer softmax with
                                  exp2 = array('H') of 2**(-k/256) in Q14
-  backprop(w, off, d_out, n_out, a_in, d_in, n_in)
-                                 d_in = clamp(W^T d_out, +-D_MAX) where 0 < a_in < A_MAX,
-                                 else 0 (d_in is also the accumulator)
-  update(w, off, d_out, n_out, a_in, n_in, shift)
+  backward(w, off, d_out, n_out, a_in, d_in, n_in, shift, mode)
+                                 if mode & 1: first d_in = clamp(W^T d_out, +-D_MAX) where
+                                 0 < a_in < A_MAX, else 0 (from the weights before the
+                                 update; d_in is also the accumulator); then the update
                                  m -= (d_out a_in + R) >> shift, clamped to +-M_MAX
+                                 (mode & 2: a_in may be negative)
 Rows whose delta is 0 are skipped: their update (0 + R) >> shift is exactly 0.
+kernel_viper does the delta and the update of a row in one pass over its weights.
 """
 
 from micropython import const
@@ -38,7 +41,7 @@ def load_input(x, a, n):
         a[i] = v
 
 
-def forward(w, off, a_in, n_in, a_out, n_out, relu):
+def forward(w, off, a_in, n_in, a_out, n_out, mode):
     k = off
     for j in range(n_out):
         acc = 0
@@ -47,7 +50,7 @@ def forward(w, off, a_in, n_in, a_out, n_out, relu):
             k += 1
         z = (acc + (((w[k] + _HALF) >> 12) << 5)) >> 5
         k += 1
-        if relu:
+        if mode & 1:
             if z < 0:
                 z = 0
             elif z > _A_MAX:
@@ -85,7 +88,13 @@ def delta_softmax(z, label, d, n, exp2):
     d[label] -= _ONE
 
 
-def backprop(w, off, d_out, n_out, a_in, d_in, n_in):
+def backward(w, off, d_out, n_out, a_in, d_in, n_in, shift, mode):
+    if mode & 1:
+        _backprop(w, off, d_out, n_out, a_in, d_in, n_in)
+    _update(w, off, d_out, n_out, a_in, n_in, shift)
+
+
+def _backprop(w, off, d_out, n_out, a_in, d_in, n_in):
     for i in range(n_in):
         d_in[i] = 0
     row = off
@@ -110,7 +119,7 @@ def backprop(w, off, d_out, n_out, a_in, d_in, n_in):
             d_in[i] = 0
 
 
-def update(w, off, d_out, n_out, a_in, n_in, shift):
+def _update(w, off, d_out, n_out, a_in, n_in, shift):
     r = 1 << (shift - 1)
     row = off
     for j in range(n_out):

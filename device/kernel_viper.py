@@ -2,20 +2,28 @@
 kernel_bytecode (see its docstring for what each function computes).
 
   load_input(x, a, n)
-  forward(w, off, a_in, n_in, a_out, n_out, relu)
+  forward(w, off, a_in, n_in, a_out, n_out, mode)
   delta_mse(z, y, d, n)
   delta_softmax(z, label, d, n, exp2)
-  backprop(w, off, d_out, n_out, a_in, d_in, n_in)
-  update(w, off, d_out, n_out, a_in, n_in, shift)
+  backward(w, off, d_out, n_out, a_in, d_in, n_in, shift, mode)
 
 All buffers are array('i') (exp2: array('H')); offsets and sizes count elements.
-Viper ints are machine words; every value stays below 2**29 as the fixed-point contract
-requires, so 32- and 64-bit ports give identical results. On 64-bit ports ptr32 loads
-zero-extend, so signed loads are sign-extended by hand with
-((v + 2**29) & (2**30 - 1)) - 2**29, exact for |v| < 2**29 on both word sizes; the
-weight's Q12 rounding (m + 2048) >> 12 is folded into the same masking.
-Speed: walk int addresses instead of indexes (one add per element, no scaling) and
-declare the loop's hot locals first (the emitter keeps the first few in registers).
+Viper ints are machine words; every value stays below 2**31 in the loops and below 2**29
+where the contract says so, so 32- and 64-bit ports give identical results.
+
+How it is fast, and still exact:
+- int addresses are walked instead of indexes (one add per element, no scaling), the
+  inner loop of forward is unrolled 4x, and backward updates a row in the same pass that
+  accumulates the delta below (reading each weight once; the delta still comes from the
+  weight before its update).
+- On 64-bit ports ptr32 loads zero-extend. A signed value is recovered with
+  ((v + 2**29) & (2**30 - 1)) - 2**29, exact for |v| < 2**29 on both word sizes.
+  Hidden activations are >= 0, so only the input layer (mode & 2) needs it.
+- forward turns a master weight m into wq + 2**16 with ((m + 2**28 + 2048) & (2**29 - 1))
+  >> 12 (sign and rounding in three operations). The offset adds exactly 2**16 a / 2**7
+  = 512 a to every term (wq+2**16) a >> 7, so each row subtracts 512 * sum(a) once.
+  |(wq + 2**16) a| < 98304 * 16383 < 2**31.
+- A clamp to +-M is one unsigned compare: uint(m + M) > uint(2 M).
 """
 
 import micropython
@@ -24,11 +32,13 @@ from micropython import const
 _A_MAX = const(16383)
 _D_MAX = const(16383)
 _M_MAX = const(134217727)
+_M_SPAN = const(268435454)    # 2 * M_MAX
 _ONE = const(4096)
 _BIAS29 = const(0x20000000)   # 2**29: shift into [0, 2**30) before masking
 _MASK30 = const(0x3FFFFFFF)
-_WQ_BIAS = const(0x20000800)  # 2**29 + 2048: sign-extend and round Q24 -> Q12 at once
-_WQ_UNBIAS = const(0x20000)   # 2**29 >> 12
+_WQ_BIAS = const(0x10000800)  # 2**28 + 2048: m -> (wq + 2**16) << 12, non-negative
+_MASK29 = const(0x1FFFFFFF)
+_WQ_OFF = const(0x10000)      # the 2**16 that forward's weights carry
 
 
 @micropython.viper
@@ -47,25 +57,52 @@ def load_input(x, a, n: int):
 
 
 @micropython.viper
-def forward(w, off: int, a_in, n_in: int, a_out, n_out: int, relu: int):
+def forward(w, off: int, a_in, n_in: int, a_out, n_out: int, mode: int):
     pw = int(ptr32(w)) + 4 * off  # address of the current weight
     pa = 0                        # address of the current input
     acc = 0
     a0 = int(ptr32(a_in))
     aend = a0 + 4 * n_in
+    aend4 = a0 + 16 * (n_in >> 2)
     po = ptr32(a_out)
+    signed = mode & 2
+    total = 0  # sum of the inputs, for the weights' 2**16 offset
+    pa = a0
+    while pa < aend:
+        if signed:
+            total += ((ptr32(pa)[0] + _BIAS29) & _MASK30) - _BIAS29
+        else:
+            total += ptr32(pa)[0]
+        pa += 4
+    total = total << 9
     j = 0
     while j < n_out:
-        acc = 0
+        acc = 0 - total
         pa = a0
-        while pa < aend:
-            acc += (((((ptr32(pw)[0] + _WQ_BIAS) & _MASK30) >> 12) - _WQ_UNBIAS)
-                    * (((ptr32(pa)[0] + _BIAS29) & _MASK30) - _BIAS29)) >> 7
-            pw += 4
-            pa += 4
-        z = (acc + (((((ptr32(pw)[0] + _WQ_BIAS) & _MASK30) >> 12) - _WQ_UNBIAS) << 5)) >> 5
+        if signed:
+            while pa < aend:
+                acc += (((ptr32(pw)[0] + _WQ_BIAS) & _MASK29) >> 12) * (
+                    ((ptr32(pa)[0] + _BIAS29) & _MASK30) - _BIAS29) >> 7
+                pw += 4
+                pa += 4
+        else:
+            while pa < aend4:
+                p = ptr32(pw)
+                q = ptr32(pa)
+                acc += ((((p[0] + _WQ_BIAS) & _MASK29) >> 12) * q[0] >> 7) + (
+                    (((p[1] + _WQ_BIAS) & _MASK29) >> 12) * q[1] >> 7) + (
+                    (((p[2] + _WQ_BIAS) & _MASK29) >> 12) * q[2] >> 7) + (
+                    (((p[3] + _WQ_BIAS) & _MASK29) >> 12) * q[3] >> 7)
+                pw += 16
+                pa += 16
+            while pa < aend:
+                acc += (((ptr32(pw)[0] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[0] >> 7
+                pw += 4
+                pa += 4
+        bq = (((ptr32(pw)[0] + _WQ_BIAS) & _MASK29) >> 12) - _WQ_OFF
+        z = (acc + (bq << 5)) >> 5
         pw += 4
-        if relu:
+        if mode & 1:
             if z < 0:
                 z = 0
             elif z > _A_MAX:
@@ -124,76 +161,76 @@ def delta_softmax(z, label: int, d, n: int, exp2):
 
 
 @micropython.viper
-def backprop(w, off: int, d_out, n_out: int, a_in, d_in, n_in: int):
-    pw = int(ptr32(w)) + 4 * off
-    ps = 0                       # address of the current accumulator s_i in d_in
-    dj = 0
-    s0 = int(ptr32(d_in))
-    send = s0 + 4 * n_in
-    pd = ptr32(d_out)
-    pa = ptr32(a_in)
-    ps = s0
-    while ps < send:
-        ptr32(ps)[0] = 0
-        ps += 4
-    j = 0
-    while j < n_out:
-        dj = ((pd[j] + _BIAS29) & _MASK30) - _BIAS29
-        if dj:
-            ps = s0
-            while ps < send:
-                s = ptr32(ps)
-                s[0] = s[0] + (((((ptr32(pw)[0] + _WQ_BIAS) & _MASK30) >> 12) - _WQ_UNBIAS)
-                               * dj >> 7)
-                pw += 4
-                ps += 4
-            pw += 4
-        else:
-            pw += 4 * (n_in + 1)
-        j += 1
-    sd = ptr32(d_in)
-    i = 0
-    while i < n_in:
-        a = int(pa[i])  # a_in >= 0 where it matters: zero-extension is harmless
-        g = 0
-        if 0 < a and a < _A_MAX:
-            g = (((sd[i] + _BIAS29) & _MASK30) - _BIAS29) >> 5
-            if g > _D_MAX:
-                g = _D_MAX
-            elif g < 0 - _D_MAX:
-                g = 0 - _D_MAX
-        sd[i] = g
-        i += 1
-
-
-@micropython.viper
-def update(w, off: int, d_out, n_out: int, a_in, n_in: int, shift: int):
-    pw = int(ptr32(w)) + 4 * off
-    pa = 0
-    dj = 0
+def backward(w, off: int, d_out, n_out: int, a_in, d_in, n_in: int, shift: int, mode: int):
+    pw = int(ptr32(w)) + 4 * off  # address of the current weight
+    pa = 0                        # address of the current input
+    ps = 0                        # address of the current delta-below accumulator
     a0 = int(ptr32(a_in))
     aend = a0 + 4 * n_in
+    s0 = int(ptr32(d_in))
     pd = ptr32(d_out)
     r = 1 << (shift - 1)
+    below = mode & 1  # a_in >= 0 here (hidden layer), so its loads need no sign
+    signed = mode & 2
+    if below:
+        ps = s0
+        while ps < s0 + 4 * n_in:
+            ptr32(ps)[0] = 0
+            ps += 4
     j = 0
     while j < n_out:
         dj = ((pd[j] + _BIAS29) & _MASK30) - _BIAS29
-        if dj:
-            pa = a0
-            while pa < aend + 4:
-                # the bias (one past the inputs) sees a constant input of 1.0
-                a = _ONE
-                if pa < aend:
-                    a = ((ptr32(pa)[0] + _BIAS29) & _MASK30) - _BIAS29
+        if dj == 0:  # nothing to add below, and the update (0 + r) >> shift is 0
+            pw += 4 * (n_in + 1)
+            j += 1
+            continue
+        pa = a0
+        if below:
+            ps = s0
+            while pa < aend:
                 p = ptr32(pw)
-                m = (((p[0] + _BIAS29) & _MASK30) - _BIAS29) - ((dj * a + r) >> shift)
-                if m > _M_MAX:
-                    m = _M_MAX
-                elif m < 0 - _M_MAX:
-                    m = 0 - _M_MAX
+                m = ((p[0] + _BIAS29) & _MASK30) - _BIAS29
+                s = ptr32(ps)
+                s[0] = s[0] + (((m + 2048) >> 12) * dj >> 7)  # sums mod 2**32 are exact
+                m -= (dj * ptr32(pa)[0] + r) >> shift
+                if uint(m + _M_MAX) > uint(_M_SPAN):
+                    m = _M_MAX if m > 0 else 0 - _M_MAX
                 p[0] = m
                 pw += 4
                 pa += 4
+                ps += 4
         else:
-            pw += 4 * (n_in + 1)
+            while pa < aend:
+                p = ptr32(pw)
+                a = ptr32(pa)[0]
+                if signed:
+                    a = ((a + _BIAS29) & _MASK30) - _BIAS29
+                m = (((p[0] + _BIAS29) & _MASK30) - _BIAS29) - ((dj * a + r) >> shift)
+                if uint(m + _M_MAX) > uint(_M_SPAN):
+                    m = _M_MAX if m > 0 else 0 - _M_MAX
+                p[0] = m
+                pw += 4
+                pa += 4
+        p = ptr32(pw)  # the bias: a constant input of 1.0
+        m = (((p[0] + _BIAS29) & _MASK30) - _BIAS29) - ((dj * _ONE + r) >> shift)
+        if uint(m + _M_MAX) > uint(_M_SPAN):
+            m = _M_MAX if m > 0 else 0 - _M_MAX
+        p[0] = m
+        pw += 4
         j += 1
+    if below:  # finish the delta below: g = s >> 5, clamped, where 0 < a < A_MAX
+        pa = a0
+        ps = s0
+        while pa < aend:
+            a = ptr32(pa)[0]
+            s = ptr32(ps)
+            g = 0
+            if 0 < a and a < _A_MAX:
+                g = (((s[0] + _BIAS29) & _MASK30) - _BIAS29) >> 5
+                if g > _D_MAX:
+                    g = _D_MAX
+                elif g < 0 - _D_MAX:
+                    g = 0 - _D_MAX
+            s[0] = g
+            pa += 4
+            ps += 4

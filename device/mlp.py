@@ -151,7 +151,8 @@ class MLP:
         self.classify = classify
         self.lr_shift = lr_shift
         self.n_params = n_params(sizes)
-        self.weights = init_weights(array("i", bytes(4 * self.n_params)), sizes, seed)
+        self._w = init_weights(array("i", bytes(4 * self.n_params)), sizes, seed)
+        self._impl = None
         self.kernel, mod = pick_kernel(kernel)
         if self.kernel == "ulab":
             self._use_ulab(mod)
@@ -164,13 +165,16 @@ class MLP:
         self._in = acts[0]
         self._out = acts[-1]
         self._dout = deltas[-1]
-        # Per layer: (weight offset, n_in, n_out, a_in, a_out, d_in, d_out, relu).
+        # Per layer: (weight offset, n_in, n_out, a_in, a_out, d_in, d_out, forward mode,
+        # backward mode); modes: 1 = ReLU / delta below, 2 = a_in may be negative.
         layers = []
         off = 0
         last = len(sizes) - 2
         for n in range(last + 1):
-            layers.append((off, sizes[n], sizes[n + 1], acts[n], acts[n + 1], deltas[n],
-                           deltas[n + 1], 1 if n < last else 0))
+            first = n == 0  # inputs may be negative; no delta below (a_in stands in)
+            layers.append((off, sizes[n], sizes[n + 1], acts[n], acts[n + 1],
+                           acts[0] if first else deltas[n], deltas[n + 1],
+                           (1 if n < last else 0) | (2 if first else 0), 2 if first else 1))
             off += (sizes[n] + 1) * sizes[n + 1]
         self._layers = tuple(layers)
         layers.reverse()
@@ -180,22 +184,27 @@ class MLP:
     def _use_ulab(self, mod):
         # kernel_ulab.MLP has this class's interface; start it from the same weights.
         impl = mod.MLP(self.sizes, self.classify, self.lr_shift)
-        impl.set_weights(self.weights)
+        impl.set_weights(self._w)
         self._impl = impl
-        self.weights = impl.weights
+        self._w = None
         self.predict = impl.predict
         self.train_step = impl.train_step
         self.set_weights = impl.set_weights
+
+    @property
+    def weights(self):
+        """Q24 master weights (array('i'), the spec's layout); change them with set_weights."""
+        return self._w if self._impl is None else self._impl.weights
 
     def predict(self, x):
         """Forward pass; returns the output buffer (array('i'), Q12; logits if classify)."""
         if len(x) != self._n_in:
             raise ValueError("MLP expects %d inputs, got %d" % (self._n_in, len(x)))
         k = self._k
-        w = self.weights
+        w = self._w
         k.load_input(x, self._in, self._n_in)
-        for off, n_in, n_out, a_in, a_out, _, _, relu in self._layers:
-            k.forward(w, off, a_in, n_in, a_out, n_out, relu)
+        for off, n_in, n_out, a_in, a_out, _, _, mode, _ in self._layers:
+            k.forward(w, off, a_in, n_in, a_out, n_out, mode)
         return self._out
 
     def train_step(self, x, y):
@@ -212,12 +221,10 @@ class MLP:
             k.delta_softmax(out, y, self._dout, n, self._exp2)
         else:
             k.delta_mse(out, y, self._dout, n)
-        w = self.weights
+        w = self._w
         s = self.lr_shift
-        for off, n_in, n_out, a_in, _, d_in, d_out, _ in self._backward:
-            if d_in is not None:  # from the weights before this layer's update
-                k.backprop(w, off, d_out, n_out, a_in, d_in, n_in)
-            k.update(w, off, d_out, n_out, a_in, n_in, s)
+        for off, n_in, n_out, a_in, _, d_in, d_out, _, mode in self._backward:
+            k.backward(w, off, d_out, n_out, a_in, d_in, n_in, s, mode)
 
     def set_weights(self, arr):
         """Copy Q24 master weights in (layout of self.weights).
@@ -230,6 +237,6 @@ class MLP:
         for v in arr:
             if not -_M_MAX <= v <= _M_MAX:
                 raise ValueError("weight %d out of range +-%d" % (v, _M_MAX))
-        w = self.weights
+        w = self._w
         for i in range(n):
             w[i] = arr[i]
