@@ -75,7 +75,7 @@ class Config:
     deadline: float = 30.0      # seconds a round waits for updates
     min_replies: int = 1
     attempts: int = 3           # tries per round before it is skipped
-    online_wait: float | None = None  # seconds to wait for min_replies devices online
+    online_wait: float | None = None  # seconds between "waiting for devices" log lines
     seed: int = 0
     key: bytes | None = None    # fleet HMAC key (None: unsigned frames)
     settle: float = 0.5         # seconds to take in retained statuses before round 1
@@ -200,6 +200,7 @@ class Coordinator:
     def _disconnect(self) -> None:
         if self.client is None:
             return
+        self.connected.clear()  # from here on a disconnection is ours, not news
         try:
             self.client.publish(self.codec.topic_coordinator(),
                                 json.dumps({"state": "offline"}), qos=1,
@@ -336,12 +337,13 @@ class Coordinator:
         selected: list[str] = []
         replies: dict[str, Reply] = {}
         for attempt in range(1, cfg.attempts + 1):
-            if not self._wait_online(cfg.min_replies, stop):
+            # Waiting for the fleet does not use up attempts: a daemon started before its
+            # devices just waits for them.
+            while not self._wait_online(cfg.min_replies, stop):
                 if stop.is_set():
                     return None
-                log.warning("round %d: %d device(s) online, need %d (attempt %d/%d)", r,
-                            len(self.online), cfg.min_replies, attempt, cfg.attempts)
-                continue
+                log.warning("round %d: waiting for devices: %d online, need %d", r,
+                            len(self.online), cfg.min_replies)
             selected = strategies.select_devices(cfg.strategy, list(self.online),
                                                  cfg.per_round, r + attempt - 1, cfg.seed)
             self.open = _Open(r, version, set(selected))

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="updates a round needs; fewer -> retried, then skipped")
     parser.add_argument("--attempts", type=int, default=3, help="tries per round")
     parser.add_argument("--online-wait", type=float, default=None,
-                        help="seconds to wait for enough devices online (default: --deadline)")
+                        help="seconds between 'waiting for devices' log lines "
+                             "(default: --deadline)")
     parser.add_argument("--seed", type=int, default=0, help="initial weights and selection")
     parser.add_argument("--db", default="tinyfleet-coordinator.sqlite",
                         help="checkpoint database (resumed if it exists)")
@@ -87,13 +88,13 @@ def run(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     broker = None
     try:
-        if args.broker:
-            host, port = parse_broker(args.broker)
-        else:
-            broker = EmbeddedBroker().start()
-            host, port = broker.host, broker.port
-            print(f"embedded Mosquitto on {broker.address}", flush=True)
-        with Checkpoint(args.db) as ck:
+        with Checkpoint(args.db) as ck:  # a bad --db fails before a broker is started
+            if args.broker:
+                host, port = parse_broker(args.broker)
+            else:
+                broker = EmbeddedBroker().start()
+                host, port = broker.host, broker.port
+                print(f"embedded Mosquitto on {broker.address}", flush=True)
             coord = Coordinator(cfg, host, port, ck)
             coord.run(stop)
             last = coord.last_round
