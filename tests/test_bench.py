@@ -32,13 +32,14 @@ def test_table_has_every_kernel_and_the_c_baseline(capsys: pytest.CaptureFixture
     out = _run(["kernels", "--steps", "20", "--repeats", "2", "--min-time", "0"], capsys)
     lines = out.splitlines()
     assert "MicroPython 1.25.0 unix port, 64-bit build" in lines[0], out
-    assert lines[1].split()[:2] == ["shape", "kernel"], out
-    rows = [line.split(None, 2)[:2] for line in lines[2:] if not line.startswith("target")]
+    assert lines[1].startswith("machine: "), out
+    assert lines[2].split()[:2] == ["shape", "kernel"], out
+    rows = [line.split(None, 2)[:2] for line in lines[3:] if not line.startswith("target")]
     rows = [[s, "C -O2" if k == "C" else k] for s, k in rows]
     assert rows == [[s, k] for s in SHAPES for k in KERNEL_ROWS], out
     ulab = [line for line in lines if line.split()[1:2] == ["ulab"]]
     assert all("n/a" in line and "ulab is not importable" in line for line in ulab), out
-    for line in lines[2:]:
+    for line in lines[3:]:
         if line.split()[1] in ("naive", "bytecode", "viper"):
             assert "x faster" in line and "x of C" in line, line
     assert [line.split(":")[0] for line in lines if line.startswith("target")] == [
@@ -164,7 +165,7 @@ def test_a_kernel_that_does_not_fit_the_heap_is_reported(
     fixed-point kernels (no allocation per step) are still measured."""
     out = _run(["kernels", "--steps", "16", "--repeats", "1", "--min-time", "0",
                 "--heap", "160K"], capsys)
-    rows = {tuple(line.split()[:2]): line for line in out.splitlines()[2:]
+    rows = {tuple(line.split()[:2]): line for line in out.splitlines()[3:]
             if not line.startswith("target")}
     for shape in SHAPES:
         assert "n/a" in rows[shape, "naive"] and "MemoryError" in rows[shape, "naive"], out
