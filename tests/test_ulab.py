@@ -196,12 +196,16 @@ def test_mlp_auto_selection_builds_it(ulab_kernel: types.ModuleType,
     mlp = importlib.import_module("mlp")
     net = mlp.MLP((1, 8, 1), lr_shift=4, kernel="ulab", seed=2)
     assert net.kernel == "ulab"
-    assert list(net._impl.weights) == [int(v) for v in ref.init_weights((1, 8, 1), seed=2)]
+    w0 = [int(v) for v in ref.init_weights((1, 8, 1), seed=2)]
+    assert list(net.weights) == w0, "MLP(kernel='ulab') did not start from its seeded init"
     x, y = array("i", [2048]), array("i", [3000])
     first = net.predict(x)[0]
     for _ in range(50):
         net.train_step(x, y)
     assert abs(net.predict(x)[0] - 3000) < abs(first - 3000), "training through MLP did nothing"
+    assert list(net.weights) != w0, "MLP.weights is stale: it must follow the ulab kernel"
+    net.set_weights(array("i", w0))
+    assert net.predict(x)[0] == first
 
 
 def _calls(tree: ast.AST) -> tuple[set[str], set[str], set[str]]:
