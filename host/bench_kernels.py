@@ -55,14 +55,17 @@ class Row:
     case: str
     kernel: str
     available: bool
-    us_per_step: float | None = None  # median of the repeats
-    min_us_per_step: float | None = None  # best repeat: the least load-sensitive figure
+    us_per_step: float | None = None  # CPU time per step, median of the repeats
+    min_us_per_step: float | None = None  # best repeat
+    wall_us_per_step: float | None = None  # wall-clock time per step, median
     bytes_per_step: float | None = None
     x_faster_than_naive: float | None = None
     x_of_c: float | None = None
     note: str = ""
     steps: int | None = None  # steps per timed repeat (at least --steps, --min-time long)
+    clock: str = "cpu"  # "wall" where the process CPU time is not available
     repeats_us: list[float] = field(default_factory=list)
+    repeats_wall_us: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -148,10 +151,11 @@ def c_weights_after(case: Case, steps: int) -> list[int]:
     return _run_c(case, [str(steps), "1", "--dump"])["weights"]
 
 
-def c_us_per_step(case: Case, steps: int, repeats: int) -> tuple[float, list[float]]:
-    """Median µs per step of the C baseline, and each repeat's figure."""
+def c_us_per_step(case: Case, steps: int, repeats: int) -> tuple[float, list[float], float]:
+    """C baseline: median CPU µs per step, each repeat's CPU µs, mean wall µs per step."""
     out = _run_c(case, [str(steps), str(repeats)])
-    return float(out["us_per_step"]), [float(v) for v in out["repeats_us"]]
+    return (float(out["us_per_step"]), [float(v) for v in out["repeats_us"]],
+            float(out["wall_us_per_step"]))
 
 
 # ---- the MicroPython side --------------------------------------------------------------------
@@ -179,6 +183,13 @@ def _run_upy(cases: list[Case], build: str, steps: int, min_time: float, alloc: 
     if not lines or "version" not in lines[0]:
         raise TinyFleetError(f"MicroPython bench printed no header: {out[-300:]!r}")
     return lines[0], lines[1:]
+
+
+def _same_clock(a: Row, b: Row) -> tuple[float | None, float | None]:
+    """(a, b) µs per step, both CPU time, or both wall time if either lacks CPU time."""
+    if a.clock == b.clock == "cpu":
+        return a.us_per_step, b.us_per_step
+    return a.wall_us_per_step, b.wall_us_per_step
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -215,14 +226,18 @@ def run(steps: int = 200, repeats: int = 5, build: str = "64", min_time: float =
             row = rows[u["case"], u["kernel"]]
             if u["available"] and row.available:
                 row.repeats_us.append(u["us_per_step"])
+                row.repeats_wall_us.append(u["wall_us_per_step"])
                 row.steps = u["steps"]
+                row.clock = u["clock"]
             elif row.available:  # worked while counting bytes, failed while timing
                 row.available, row.note = False, u.get("note", "failed while timing")
         for case in cases:
             row = rows.setdefault((case.name, "C -O2"), Row(
                 case.name, "C -O2", True, bytes_per_step=0.0, steps=c_steps,
                 note="gcc -O2, same integers"))
-            row.repeats_us += c_us_per_step(case, c_steps, 1)[1]
+            _, cpu, wall = c_us_per_step(case, c_steps, 1)
+            row.repeats_us += cpu
+            row.repeats_wall_us.append(wall)
     out: list[Row] = []
     targets: dict[str, dict[str, object]] = {}
     for case in cases:
@@ -231,12 +246,13 @@ def run(steps: int = 200, repeats: int = 5, build: str = "64", min_time: float =
             if row.repeats_us:
                 row.us_per_step = statistics.median(row.repeats_us)
                 row.min_us_per_step = min(row.repeats_us)
+                row.wall_us_per_step = statistics.median(row.repeats_wall_us)
         naive = rows.get((case.name, "naive"))
         c = rows[case.name, "C -O2"]
-        for row in mine:
-            row.x_faster_than_naive = _ratio(naive.us_per_step if naive else None,
-                                             row.us_per_step)
-            row.x_of_c = _ratio(row.us_per_step, c.us_per_step)
+        for row in mine:  # ratios on one clock: a short run falls back to wall time
+            if naive is not None:
+                row.x_faster_than_naive = _ratio(*_same_clock(naive, row))
+            row.x_of_c = _ratio(*_same_clock(row, c))
         out += mine
         viper = rows.get((case.name, "viper"))
         if viper is not None and viper.available:
@@ -281,7 +297,8 @@ def format_table(report: Report) -> str:
              f"heap {report.heap}; >= {report.steps} steps and >= {report.min_time:g} s "
              "per timed repeat, "
              f"median of {report.repeats} interleaved repeats; "
-             f"C: {report.compiler}, {report.c_steps} steps per repeat",
+             f"C: {report.compiler}, {report.c_steps} steps per repeat; "
+             "µs/step is CPU time (schedstat / CLOCK_PROCESS_CPUTIME_ID)",
              f"machine: {report.cpus} CPUs, load average {report.load_avg[0]:.1f} -> "
              f"{report.load_avg[1]:.1f}" + (" (busy: timings are noisy)"
                                             if max(report.load_avg) > 0.5 * report.cpus else ""),
@@ -294,7 +311,8 @@ def format_table(report: Report) -> str:
         lines.append(f"{r.case:<10} {r.kernel:<9} {_fmt(r.us_per_step, '.1f'):>10} "
                      f"{_fmt(r.bytes_per_step, ',.0f'):>11} "
                      f"{_fmt(r.x_faster_than_naive, '.1f', 'x faster'):>15} "
-                     f"{_fmt(r.x_of_c, '.1f', 'x of C'):>13}")
+                     f"{_fmt(r.x_of_c, '.1f', 'x of C'):>13}"
+                     + ("  (wall clock)" if r.clock == "wall" else ""))
     for name, t in report.targets.items():
         if "note" in t:
             lines.append(f"target {name}: {t['note']}")
