@@ -121,6 +121,7 @@ class _Open:
     round: int
     version: int
     selected: set[str]
+    everyone: bool = False  # the round start said "every device": late joiners count too
     replies: dict[str, Reply] = field(default_factory=dict)
 
 
@@ -282,7 +283,7 @@ class Coordinator:
         elif rnd is None or upd.round != rnd.round:
             self._ignore(f"late update from {dev} for round {upd.round} "
                          f"(open: {rnd.round if rnd else 'none'})")
-        elif dev not in rnd.selected:
+        elif dev not in rnd.selected and not rnd.everyone:
             self._ignore(f"update from {dev}, not selected for round {rnd.round}")
         elif dev in rnd.replies:
             self._ignore(f"duplicate update from {dev} for round {rnd.round}")
@@ -346,11 +347,15 @@ class Coordinator:
                             len(self.online), cfg.min_replies)
             selected = strategies.select_devices(cfg.strategy, list(self.online),
                                                  cfg.per_round, r + attempt - 1, cfg.seed)
-            self.open = _Open(r, version, set(selected))
+            # With every online device taking part, the round start says "every device"
+            # instead of listing them: its size then does not grow with the fleet (a board
+            # takes round starts into a small fixed buffer).
+            everyone = cfg.per_round == 0 and cfg.strategy != "tinyreptile"
+            self.open = _Open(r, version, set(selected), everyone)
             self.codec.theta = self.theta  # the base of delta updates
             self._publish(self.codec.topic_round(),
                           self.codec.encode_round(r, cfg.k, cfg.lr_shift, cfg.deadline,
-                                                  selected))
+                                                  None if everyone else selected))
             log.info("round %d/%d: started (attempt %d), %d device(s): %s, eps %.4f", r,
                      cfg.rounds, attempt, len(selected), " ".join(selected), eps)
             rnd = self.open
@@ -359,6 +364,7 @@ class Coordinator:
                         lambda rnd=rnd: all(d in rnd.replies or d not in self.online
                                             for d in rnd.selected))
             replies = dict(rnd.replies)
+            selected = sorted(rnd.selected | set(replies))  # with late joiners
             if stop.is_set():
                 self.open = None
                 return None

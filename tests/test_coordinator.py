@@ -26,6 +26,7 @@ from tinyfleet.broker import EmbeddedBroker
 from tinyfleet.checkpoint import Checkpoint
 from tinyfleet.coord_codec import model_id
 from tinyfleet.coordinator import Config, Coordinator
+from tinyfleet.strategies import select_devices
 
 SIZES = (2, 2, 1)            # 9 parameters: small enough to write expectations by hand
 N = weights.param_count(SIZES)
@@ -48,8 +49,10 @@ Plan = Callable[[int], list[tuple[float, list[bytes]]]]
 class FakeDevice:
     """A paho client with a retained 'online' status that answers round starts by plan."""
 
-    def __init__(self, broker: EmbeddedBroker, dev: str, plan: Plan) -> None:
+    def __init__(self, broker: EmbeddedBroker, dev: str, plan: Plan,
+                 always: bool = False) -> None:
         self.dev, self.plan = dev, plan
+        self.always = always  # reply even when the round did not select this device
         self.rounds_seen: list[tuple[int, tuple[str, ...] | None]] = []
         self.ready = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fake-{dev}")
@@ -75,7 +78,7 @@ class FakeDevice:
     def _on_message(self, client, userdata, msg) -> None:
         rs = wire.parse_round_start(wire.decode(msg.payload))
         self.rounds_seen.append((rs.round, rs.devices))
-        if rs.selects(self.dev):
+        if rs.selects(self.dev) or self.always:
             threading.Thread(target=self._reply, args=(rs.round,), daemon=True).start()
 
     def _reply(self, round_no: int) -> None:
@@ -134,8 +137,8 @@ def mosquitto() -> Iterator[EmbeddedBroker]:
 def fleet(mosquitto: EmbeddedBroker) -> Iterator[Callable[[str, Plan], FakeDevice]]:
     devices: list[FakeDevice] = []
 
-    def make(dev: str, plan: Plan) -> FakeDevice:
-        d = FakeDevice(mosquitto, dev, plan)
+    def make(dev: str, plan: Plan, always: bool = False) -> FakeDevice:
+        d = FakeDevice(mosquitto, dev, plan, always)
         devices.append(d)
         return d
 
@@ -259,7 +262,32 @@ def test_silent_device_round_closes_at_deadline_with_the_others(mosquitto, fleet
     assert h.selected == ["a", "b", "d"] and h.replied == ["a", "b"]
     np.testing.assert_allclose(h.weights / ONE, np.full(N, 2.0))
     assert h.duration >= 2.0 and took < 15
-    assert d.rounds_seen == [(1, ("a", "b", "d"))]
+    assert d.rounds_seen == [(1, None)]  # every online device: "all" on the wire
+
+
+def test_per_round_lists_chosen_devices_and_ignores_the_others(mosquitto, fleet, tmp_path,
+                                                               caplog):
+    # Prepare: three devices that all answer every round start, chosen or not; each one's
+    # weights are its index + 1; two are chosen per round
+    caplog.set_level(logging.INFO, logger="tinyfleet.coordinator")
+    value = {"a": 1, "b": 2, "c": 3}
+    chosen = select_devices("reptile", list(value), 2, round_no=1, seed=0)
+    (left_out,) = set(value) - set(chosen)
+    # the chosen ones answer a little later, so the round is still open for the intruder
+    devs = {k: fleet(k, lambda r, k=k: [(0 if k == left_out else 0.5,
+                                         update_frames(k, r, value[k] * 4096))],
+                     always=True) for k in value}
+    # Execute
+    coord, th, stop, ck = start_coordinator(mosquitto, tmp_path / "c.db", strategy="reptile",
+                                            epsilon=1.0, per_round=2)
+    finish(th, ck)
+    # Assert: the round start listed the two; θ1 = their mean; the third one was ignored
+    with Checkpoint(tmp_path / "c.db") as ck2:
+        h = ck2.history()[1]
+    assert devs[left_out].rounds_seen == [(1, tuple(chosen))]
+    assert h.selected == chosen and h.replied == chosen
+    np.testing.assert_allclose(h.weights / ONE, np.full(N, np.mean([value[d] for d in chosen])))
+    assert f"update from {left_out}, not selected for round 1" in caplog.text
 
 
 def test_device_going_offline_closes_the_round_early(mosquitto, fleet, tmp_path):
