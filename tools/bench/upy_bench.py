@@ -50,20 +50,21 @@ def _cpu_us():
 
 
 def _us_per_step(step, xs, ys, steps, min_time):
-    """One timed repeat, at least `steps` steps and `min_time` s (calibrated on 16 steps):
-    (CPU µs/step, wall µs/step, steps). CPU time is what a busy shared machine distorts
-    least; it is None where /proc/self/schedstat is missing or the run was too short."""
-    t0 = time.ticks_us()
-    _run(step, xs, ys, 16)
-    est = max(1, time.ticks_diff(time.ticks_us(), t0)) / 16
-    n = max(steps, int(min_time * 1e6 / est))
-    n = (n + 15) & ~15
-    gc.collect()
-    c0 = _cpu_us()
-    t0 = time.ticks_us()
-    _run(step, xs, ys, n)
-    wall = time.ticks_diff(time.ticks_us(), t0)
-    c1 = _cpu_us()
+    """One timed repeat of at least `steps` steps and `min_time` s (the step count grows
+    until a run is long enough; only that run counts): (CPU µs/step, wall µs/step, steps).
+    CPU time is what a busy shared machine distorts least; it is None where
+    /proc/self/schedstat is missing or the run was too short for it."""
+    n = (steps + 15) & ~15
+    while True:
+        gc.collect()
+        c0 = _cpu_us()
+        t0 = time.ticks_us()
+        _run(step, xs, ys, n)
+        wall = time.ticks_diff(time.ticks_us(), t0)
+        c1 = _cpu_us()
+        if wall >= min_time * 1e6:
+            break
+        n = (int(n * max(2.0, 1.2 * min_time * 1e6 / max(wall, 1))) + 15) & ~15
     # Linux accounts a running task's CPU time per scheduler tick (1-10 ms): below 50 ms
     # the wall clock is the better figure.
     cpu = None if c0 is None or c1 is None or wall < 50000 else (c1 - c0) / n
