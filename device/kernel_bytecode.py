@@ -4,10 +4,11 @@ Kernel interface (kernel_viper has the same functions; mlp.MLP calls them per la
   w: array('i') flat Q24 master weights; a layer at offset `off` with n_in inputs keeps
      row j at w[off + j*(n_in+1) ...], its bias last.
   a_in/a_out/d_in/d_out/z/y: array('i') Q12 buffers of the layer's units.
-  load_input(x, a, n)            a[i] = clamp(x[i], +-A_MAX)
+  load_input(x, a, n)            a[i] = clamp(x[i], +-A_MAX); returns 2 if some x[i] < 0
+                                 else 0 (the mode bit below for the input layer)
   forward(w, off, a_in, n_in, a_out, n_out, mode)
                                  a_out = W a_in + b; clipped ReLU [0, A_MAX] if mode & 1
-                                 (mode & 2: a_in may be negative, i.e. the input layer)
+                                 (mode & 2: some a_in < 0; only the inputs can be)
   delta_mse(z, y, d, n)          d = clamp(z - y, +-D_MAX)
   delta_softmax(z, label, d, n, exp2)
                                  d = softmax(z) - onehot(label), integer softmax with
@@ -32,13 +33,17 @@ _HALF = const(2048)
 
 
 def load_input(x, a, n):
+    sign = 0
     for i in range(n):
         v = x[i]
         if v > _A_MAX:
             v = _A_MAX
-        elif v < -_A_MAX:
-            v = -_A_MAX
+        elif v < 0:
+            sign = 2
+            if v < -_A_MAX:
+                v = -_A_MAX
         a[i] = v
+    return sign
 
 
 def forward(w, off, a_in, n_in, a_out, n_out, mode):

@@ -1,7 +1,7 @@
 """@micropython.viper kernel of the fixed-point MLP: same interface and same integers as
 kernel_bytecode (see its docstring for what each function computes).
 
-  load_input(x, a, n)
+  load_input(x, a, n) -> 2 if some x[i] < 0 else 0
   forward(w, off, a_in, n_in, a_out, n_out, mode)
   delta_mse(z, y, d, n)
   delta_softmax(z, label, d, n, exp2)
@@ -18,7 +18,8 @@ How it is fast, and still exact:
   weight before its update).
 - On 64-bit ports ptr32 loads zero-extend. A signed value is recovered with
   ((v + 2**29) & (2**30 - 1)) - 2**29, exact for |v| < 2**29 on both word sizes.
-  Hidden activations are >= 0, so only the input layer (mode & 2) needs it.
+  Activations are >= 0 except inputs (load_input reports them: mode & 2), so only a
+  layer with negative inputs pays for it.
 - forward turns a master weight m into wq + 2**16 with ((m + 2**28 + 2048) & (2**29 - 1))
   >> 12 (sign and rounding in three operations). The offset adds exactly 2**16 a / 2**7
   = 512 a to every term (wq+2**16) a >> 7, so each row subtracts 512 * sum(a) once.
@@ -42,18 +43,22 @@ _WQ_OFF = const(0x10000)      # the 2**16 that forward's weights carry
 
 
 @micropython.viper
-def load_input(x, a, n: int):
+def load_input(x, a, n: int) -> int:
     px = ptr32(x)
     pa = ptr32(a)
+    sign = 0
     i = 0
     while i < n:
         v = ((px[i] + _BIAS29) & _MASK30) - _BIAS29
         if v > _A_MAX:
             v = _A_MAX
-        elif v < 0 - _A_MAX:
-            v = 0 - _A_MAX
+        elif v < 0:
+            sign = 2
+            if v < 0 - _A_MAX:
+                v = 0 - _A_MAX
         pa[i] = v
         i += 1
+    return sign
 
 
 @micropython.viper
@@ -87,12 +92,10 @@ def forward(w, off: int, a_in, n_in: int, a_out, n_out: int, mode: int):
                 pa += 4
         else:
             while pa < aend4:
-                p = ptr32(pw)
-                q = ptr32(pa)
-                acc += ((((p[0] + _WQ_BIAS) & _MASK29) >> 12) * q[0] >> 7) + (
-                    (((p[1] + _WQ_BIAS) & _MASK29) >> 12) * q[1] >> 7) + (
-                    (((p[2] + _WQ_BIAS) & _MASK29) >> 12) * q[2] >> 7) + (
-                    (((p[3] + _WQ_BIAS) & _MASK29) >> 12) * q[3] >> 7)
+                acc += ((((ptr32(pw)[0] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[0] >> 7) + (
+                    (((ptr32(pw)[1] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[1] >> 7) + (
+                    (((ptr32(pw)[2] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[2] >> 7) + (
+                    (((ptr32(pw)[3] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[3] >> 7)
                 pw += 16
                 pa += 16
             while pa < aend:
@@ -167,6 +170,7 @@ def backward(w, off: int, d_out, n_out: int, a_in, d_in, n_in: int, shift: int, 
     ps = 0                        # address of the current delta-below accumulator
     a0 = int(ptr32(a_in))
     aend = a0 + 4 * n_in
+    aend2 = a0 + 8 * (n_in >> 1)
     s0 = int(ptr32(d_in))
     pd = ptr32(d_out)
     r = 1 << (shift - 1)
@@ -187,15 +191,29 @@ def backward(w, off: int, d_out, n_out: int, a_in, d_in, n_in: int, shift: int, 
         pa = a0
         if below:
             ps = s0
-            while pa < aend:
-                p = ptr32(pw)
-                m = ((p[0] + _BIAS29) & _MASK30) - _BIAS29
-                s = ptr32(ps)
-                s[0] = s[0] + (((m + 2048) >> 12) * dj >> 7)  # sums mod 2**32 are exact
+            while pa < aend2:  # two weights per turn
+                m = ((ptr32(pw)[0] + _BIAS29) & _MASK30) - _BIAS29
+                ptr32(ps)[0] = ptr32(ps)[0] + (((m + 2048) >> 12) * dj >> 7)  # mod 2**32
                 m -= (dj * ptr32(pa)[0] + r) >> shift
                 if uint(m + _M_MAX) > uint(_M_SPAN):
                     m = _M_MAX if m > 0 else 0 - _M_MAX
-                p[0] = m
+                ptr32(pw)[0] = m
+                m = ((ptr32(pw)[1] + _BIAS29) & _MASK30) - _BIAS29
+                ptr32(ps)[1] = ptr32(ps)[1] + (((m + 2048) >> 12) * dj >> 7)
+                m -= (dj * ptr32(pa)[1] + r) >> shift
+                if uint(m + _M_MAX) > uint(_M_SPAN):
+                    m = _M_MAX if m > 0 else 0 - _M_MAX
+                ptr32(pw)[1] = m
+                pw += 8
+                pa += 8
+                ps += 8
+            while pa < aend:
+                m = ((ptr32(pw)[0] + _BIAS29) & _MASK30) - _BIAS29
+                ptr32(ps)[0] = ptr32(ps)[0] + (((m + 2048) >> 12) * dj >> 7)
+                m -= (dj * ptr32(pa)[0] + r) >> shift
+                if uint(m + _M_MAX) > uint(_M_SPAN):
+                    m = _M_MAX if m > 0 else 0 - _M_MAX
+                ptr32(pw)[0] = m
                 pw += 4
                 pa += 4
                 ps += 4

@@ -166,15 +166,17 @@ class MLP:
         self._out = acts[-1]
         self._dout = deltas[-1]
         # Per layer: (weight offset, n_in, n_out, a_in, a_out, d_in, d_out, forward mode,
-        # backward mode); modes: 1 = ReLU / delta below, 2 = a_in may be negative.
+        # backward mode, first). Mode bits: 1 = ReLU (forward) / delta below (backward);
+        # 2 = a_in holds negative values, only ever the inputs: `first` masks the bit
+        # load_input returns. The input layer has no delta below (a_in stands in).
         layers = []
         off = 0
         last = len(sizes) - 2
         for n in range(last + 1):
-            first = n == 0  # inputs may be negative; no delta below (a_in stands in)
+            first = n == 0
             layers.append((off, sizes[n], sizes[n + 1], acts[n], acts[n + 1],
                            acts[0] if first else deltas[n], deltas[n + 1],
-                           (1 if n < last else 0) | (2 if first else 0), 2 if first else 1))
+                           1 if n < last else 0, 0 if first else 1, 2 if first else 0))
             off += (sizes[n] + 1) * sizes[n + 1]
         self._layers = tuple(layers)
         layers.reverse()
@@ -198,14 +200,19 @@ class MLP:
 
     def predict(self, x):
         """Forward pass; returns the output buffer (array('i'), Q12; logits if classify)."""
+        self._forward(x)
+        return self._out
+
+    def _forward(self, x):
+        # Returns 2 if an input is negative (the kernels' "signed inputs" mode bit), else 0.
         if len(x) != self._n_in:
             raise ValueError("MLP expects %d inputs, got %d" % (self._n_in, len(x)))
         k = self._k
         w = self._w
-        k.load_input(x, self._in, self._n_in)
-        for off, n_in, n_out, a_in, a_out, _, _, mode, _ in self._layers:
-            k.forward(w, off, a_in, n_in, a_out, n_out, mode)
-        return self._out
+        sign = k.load_input(x, self._in, self._n_in)
+        for off, n_in, n_out, a_in, a_out, _, _, mode, _, first in self._layers:
+            k.forward(w, off, a_in, n_in, a_out, n_out, mode | (sign & first))
+        return sign
 
     def train_step(self, x, y):
         """One SGD step on sample (x, y); y: array('i') Q12 targets, or an int label."""
@@ -215,16 +222,16 @@ class MLP:
                 raise ValueError("label must be 0..%d, got %d" % (n - 1, y))
         elif len(y) != n:
             raise ValueError("MLP expects %d targets, got %d" % (n, len(y)))
-        out = self.predict(x)
+        sign = self._forward(x)
         k = self._k
         if self.classify:
-            k.delta_softmax(out, y, self._dout, n, self._exp2)
+            k.delta_softmax(self._out, y, self._dout, n, self._exp2)
         else:
-            k.delta_mse(out, y, self._dout, n)
+            k.delta_mse(self._out, y, self._dout, n)
         w = self._w
         s = self.lr_shift
-        for off, n_in, n_out, a_in, _, d_in, d_out, _, mode in self._backward:
-            k.backward(w, off, d_out, n_out, a_in, d_in, n_in, s, mode)
+        for off, n_in, n_out, a_in, _, d_in, d_out, _, mode, first in self._backward:
+            k.backward(w, off, d_out, n_out, a_in, d_in, n_in, s, mode | (sign & first))
 
     def set_weights(self, arr):
         """Copy Q24 master weights in (layout of self.weights).
