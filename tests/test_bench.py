@@ -71,6 +71,18 @@ def test_json_reports_allocation(build: str, capsys: pytest.CaptureFixture[str])
         assert set(doc["targets"][shape]) >= {"x_faster_than_naive", "x_of_c", "met"}
 
 
+def test_through_the_tinyfleet_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from tinyfleet import cli
+
+    assert cli.main(["bench", "kernels", "--json", "--steps", "16", "--repeats", "1",
+                     "--min-time", "0"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {r["kernel"] for r in doc["rows"]} == set(KERNEL_ROWS)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "rounds"])
+    assert exc.value.code == 2 and "invalid choice: 'rounds'" in capsys.readouterr().err
+
+
 def test_only_known_benchmarks_are_offered() -> None:
     with pytest.raises(SystemExit):
         _parse([])
