@@ -51,23 +51,28 @@ def statuses(w: Watcher, start: int = 0) -> list[dict]:
     return out
 
 
+LOGS: list[Device] = []  # devices whose log a failed wait shows
+
+
 def wait_status(w: Watcher, pred, start: int, timeout: float = 15.0) -> dict:
     m = w.wait_for(lambda t, p: t == T_STATUS and pred(json.loads(p)), timeout, start)
-    assert m is not None, f"no matching status; got {statuses(w, start)[-5:]}"
+    logs = "\n".join(d.log_tail(30) for d in LOGS)
+    assert m is not None, f"no matching status; got {statuses(w, start)[-5:]}\n{logs}"
     return json.loads(m[1])
 
 
 @pytest.fixture
 def device(tmp_path: Path, mosquitto: EmbeddedBroker,  # noqa: F811
            build: str) -> Iterator[tuple[Device, Watcher]]:
-    """One device process (keepalive 2 s; 32-bit build with 128 KB heap, or 64-bit with
+    """One device process (keepalive 3 s; 32-bit build with 128 KB heap, or 64-bit with
     256 KB) and a watcher on its fleet's topics."""
     w = Watcher(mosquitto.host, mosquitto.port, [f"tf/{FLEET}/#"], client_id="test-watch")
     fleet = Fleet(tmp_path, build=build)
     dev = fleet.add({"id": DEV, "fleet": FLEET, "model": MODEL, "broker": mosquitto.host,
-                     "port": mosquitto.port, "fleet_key": KEY, "keepalive": 2,
+                     "port": mosquitto.port, "fleet_key": KEY, "keepalive": 3,
                      "seed": 7, "rate": 100})
     fleet.start()
+    LOGS[:] = [dev]
     try:
         yield dev, w
     finally:
@@ -79,6 +84,7 @@ def test_client_lifecycle(device: tuple[Device, Watcher], mosquitto: EmbeddedBro
     dev, w = device
     # -- connects, publishes a retained "online" status ----------------------------
     first = wait_status(w, lambda s: s["state"] == "online", 0)
+    t_online = time.monotonic()
     assert first["id"] == DEV and first["version"] == 0 and first["kernel"] in (
         "viper", "bytecode"), first
 
@@ -144,6 +150,11 @@ def test_client_lifecycle(device: tuple[Device, Watcher], mosquitto: EmbeddedBro
     for f in codec.encode_round(3, k=16, lr_shift=6, deadline_s=10, devices=["other"]):
         w.publish(T_ROUND, f)
     assert w.wait_for(lambda t, p: t == T_UPDATE, 2.0, mark) is None
+
+    # Mosquitto drops a client silent for 1.5 keepalives (4.5 s here): still connected
+    # after all this, so the client's own pings work.
+    time.sleep(max(0.0, t_online + 6.0 - time.monotonic()))
+    assert dev.running and "link: lost" not in dev.log_tail(200), dev.log_tail(200)
 
     # -- broker restart: reconnects, resubscribes, says it is online again ------------
     conf = mosquitto.workdir / "mosquitto.conf"
