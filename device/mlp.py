@@ -217,18 +217,23 @@ class MLP:
     def train_step(self, x, y):
         """One SGD step on sample (x, y); y: array('i') Q12 targets, or an int label."""
         n = self._n_out
-        if self.classify:
+        classify = self.classify
+        if classify:
             if not 0 <= y < n:
                 raise ValueError("label must be 0..%d, got %d" % (n - 1, y))
         elif len(y) != n:
             raise ValueError("MLP expects %d targets, got %d" % (n, len(y)))
-        sign = self._forward(x)
+        if len(x) != self._n_in:  # the forward pass of predict, inlined (one call less)
+            raise ValueError("MLP expects %d inputs, got %d" % (self._n_in, len(x)))
         k = self._k
-        if self.classify:
+        w = self._w
+        sign = k.load_input(x, self._in, self._n_in)
+        for off, n_in, n_out, a_in, a_out, _, _, mode, _, first in self._layers:
+            k.forward(w, off, a_in, n_in, a_out, n_out, mode | (sign & first))
+        if classify:
             k.delta_softmax(self._out, y, self._dout, n, self._exp2)
         else:
             k.delta_mse(self._out, y, self._dout, n)
-        w = self._w
         s = self.lr_shift
         for off, n_in, n_out, a_in, _, d_in, d_out, _, mode, first in self._backward:
             k.backward(w, off, d_out, n_out, a_in, d_in, n_in, s, mode | (sign & first))
