@@ -217,23 +217,42 @@ def backward(w, off: int, d_out, n_out: int, a_in, d_in, n_in: int, shift: int, 
                 pw += 4
                 pa += 4
                 ps += 4
-        else:
+        elif signed:  # the input layer (no delta below), some inputs negative
             while pa < aend:
-                p = ptr32(pw)
-                a = ptr32(pa)[0]
-                if signed:
-                    a = ((a + _BIAS29) & _MASK30) - _BIAS29
-                m = (((p[0] + _BIAS29) & _MASK30) - _BIAS29) - ((dj * a + r) >> shift)
+                m = (((ptr32(pw)[0] + _BIAS29) & _MASK30) - _BIAS29) - (
+                    (dj * (((ptr32(pa)[0] + _BIAS29) & _MASK30) - _BIAS29) + r) >> shift)
                 if uint(m + _M_MAX) > uint(_M_SPAN):
                     m = _M_MAX if m > 0 else 0 - _M_MAX
-                p[0] = m
+                ptr32(pw)[0] = m
                 pw += 4
                 pa += 4
-        p = ptr32(pw)  # the bias: a constant input of 1.0
-        m = (((p[0] + _BIAS29) & _MASK30) - _BIAS29) - ((dj * _ONE + r) >> shift)
+        else:  # the input layer (no delta below), inputs >= 0
+            while pa < aend2:
+                m = (((ptr32(pw)[0] + _BIAS29) & _MASK30) - _BIAS29) - (
+                    (dj * ptr32(pa)[0] + r) >> shift)
+                if uint(m + _M_MAX) > uint(_M_SPAN):
+                    m = _M_MAX if m > 0 else 0 - _M_MAX
+                ptr32(pw)[0] = m
+                m = (((ptr32(pw)[1] + _BIAS29) & _MASK30) - _BIAS29) - (
+                    (dj * ptr32(pa)[1] + r) >> shift)
+                if uint(m + _M_MAX) > uint(_M_SPAN):
+                    m = _M_MAX if m > 0 else 0 - _M_MAX
+                ptr32(pw)[1] = m
+                pw += 8
+                pa += 8
+            while pa < aend:
+                m = (((ptr32(pw)[0] + _BIAS29) & _MASK30) - _BIAS29) - (
+                    (dj * ptr32(pa)[0] + r) >> shift)
+                if uint(m + _M_MAX) > uint(_M_SPAN):
+                    m = _M_MAX if m > 0 else 0 - _M_MAX
+                ptr32(pw)[0] = m
+                pw += 4
+                pa += 4
+        # the bias: a constant input of 1.0
+        m = (((ptr32(pw)[0] + _BIAS29) & _MASK30) - _BIAS29) - ((dj * _ONE + r) >> shift)
         if uint(m + _M_MAX) > uint(_M_SPAN):
             m = _M_MAX if m > 0 else 0 - _M_MAX
-        p[0] = m
+        ptr32(pw)[0] = m
         pw += 4
         j += 1
     if below:  # finish the delta below: g = s >> 5, clamped, where 0 < a < A_MAX
