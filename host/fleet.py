@@ -143,7 +143,7 @@ class Fleet:
         if build not in HEAPSIZE:
             raise TinyFleetError(f"unknown MicroPython build {build!r} (choose 64 or 32)")
         upy.micropython(build)  # fail early, with a clear message, if it is missing
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # devices run with cwd = their own root
         self.build = build
         self.heapsize = heapsize or HEAPSIZE[build]
         self.devices: list[Device] = []

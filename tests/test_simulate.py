@@ -73,7 +73,7 @@ def test_user_error_is_one_line():
 def test_ctrl_c_stops_every_process(tmp_path: Path):
     # Prepare: a run far too long to finish, with its devices mid-round
     out = tmp_path / "run"
-    proc = cli("--devices", "4", "--rounds", "100000", "--out", str(out))
+    proc = cli("--devices", "4", "--rounds", "100000", "--out", "run", cwd=tmp_path)  # relative
     log = out / "boards" / "dev00" / "device.log"
     deadline = time.monotonic() + 60
     while not (log.exists() and "round 2:" in log.read_text()):
