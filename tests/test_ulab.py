@@ -12,6 +12,7 @@ import importlib
 import sys
 import types
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +47,21 @@ FORBIDDEN_KEYWORDS = {"dtype", "out", "axis"}
 
 
 @pytest.fixture
-def ulab_kernel(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """kernel_ulab imported against the numpy stand-in for ulab.numpy."""
+def ulab_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+    """kernel_ulab imported against the numpy stand-in for ulab.numpy; the device modules
+    imported on the way are dropped afterwards, so no other test sees them."""
     shim = types.ModuleType("ulab")
     shim.numpy = np  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ulab", shim)
     monkeypatch.syspath_prepend(str(DEVICE))
-    monkeypatch.delitem(sys.modules, "kernel_ulab", raising=False)
-    return importlib.import_module("kernel_ulab")
+    for name in ("kernel_ulab", "mlp", "datasource"):  # import fresh, against the shim
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = set(sys.modules)
+    try:
+        yield importlib.import_module("kernel_ulab")
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
 
 
 def _q24(w: np.ndarray) -> array:
@@ -192,7 +200,6 @@ def test_mlp_auto_selection_builds_it(ulab_kernel: types.ModuleType,
     upy = types.ModuleType("micropython")
     upy.const = lambda v: v  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "micropython", upy)
-    monkeypatch.delitem(sys.modules, "mlp", raising=False)
     mlp = importlib.import_module("mlp")
     net = mlp.MLP((1, 8, 1), lr_shift=4, kernel="ulab", seed=2)
     assert net.kernel == "ulab"
