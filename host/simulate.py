@@ -176,7 +176,7 @@ def run(cfg: SimConfig, stream: TextIO | None = None,
             host, port = parse_broker(cfg.broker)
         else:
             (out / "broker").mkdir(exist_ok=True)  # its config and log stay in the report
-            broker = EmbeddedBroker(workdir=out / "broker").start()
+            broker = EmbeddedBroker(workdir=(out / "broker").resolve()).start()
             host, port = broker.host, broker.port
         stream.write(f"broker {host}:{port}, {cfg.devices} MicroPython {cfg.build}-bit "
                      f"devices, {cfg.rounds} rounds of {cfg.strategy}, out {out}\n")
