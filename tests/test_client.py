@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import os
 import socket
 import subprocess
 import time
@@ -212,3 +213,67 @@ def test_restart_restores_persisted_model(tmp_path: Path, mosquitto: EmbeddedBro
     finally:
         fleet.stop()
         w.close()
+
+
+def test_password_and_learning_while_refused(tmp_path: Path):
+    """With user/password from config.json a device gets in; with a wrong password the
+    broker refuses it, and it keeps learning, retrying with growing backoff."""
+    # Prepare: a Mosquitto that refuses anonymous clients
+    from tinyfleet.broker import free_port
+
+    pwfile = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "dev-ok", "right"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(pwfile), "watch", "w"], check=True)
+    port = free_port()
+    conf = tmp_path / "m.conf"
+    # As root, mosquitto drops to its own user before reading the password file, which
+    # it then cannot reach inside pytest's private tmp dir: stay root (tests only).
+    stay = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+                    f"password_file {pwfile}\npersistence false\n{stay}")
+    broker = subprocess.Popen([str(find_mosquitto()), "-c", str(conf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fleet = Fleet(tmp_path / "boards", build="32")
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    try:
+        import paho.mqtt.client as mqtt
+
+        good = fleet.add({"id": "ok", "fleet": FLEET, "model": MODEL, "port": port,
+                          "user": "dev-ok", "password": "right", "seed": 1})
+        bad = fleet.add({"id": "bad", "fleet": FLEET, "model": MODEL, "port": port,
+                         "user": "dev-ok", "password": "wrong", "seed": 2,
+                         "max_samples": 250, "rate": 100})
+        got: list[dict] = []
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="w2")
+        sub.username_pw_set("watch", "w")
+        sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+        sub.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"tf/{FLEET}/dev/+/status")
+        sub.connect("127.0.0.1", port)
+        sub.loop_start()
+        # Execute
+        fleet.start()
+        assert bad.proc is not None
+        code = bad.proc.wait(30)  # 250 samples at 100/s, never connected
+        # Assert
+        log = bad.log_tail(50)
+        assert code == 0, log
+        fails = [line for line in log.splitlines() if "connect failed" in line]
+        assert len(fails) >= 2, log
+        delays = [float(line.split("retry in ")[1].split()[0]) for line in fails]
+        assert delays[-1] > delays[0], delays  # exponential backoff
+        deadline = time.monotonic() + 10
+        while not any(s.get("id") == "ok" and s["state"] == "online" for s in got):
+            assert time.monotonic() < deadline, (got, good.log_tail())
+            time.sleep(0.1)
+        assert not any(s.get("id") == "bad" for s in got)
+        sub.loop_stop()
+        sub.disconnect()
+    finally:
+        fleet.stop()
+        broker.terminate()
+        broker.wait(5)
