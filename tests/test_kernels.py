@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from tinyfleet import reference as ref
 
 CHOICE_SCRIPT = """

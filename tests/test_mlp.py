@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tinyfleet import reference as ref
 
 REGRESSION = ((1, 40, 40, 1), False, 5)   # sizes, classify, lr_shift

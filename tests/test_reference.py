@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tinyfleet import reference as ref
 
 # 1-1-1 net: w1 = 1.0, b1 = 0.5, w2 = 2.0, b2 = 0 (Q24); x = 0.5, y = 1.0, lr 2**-4.
