@@ -88,6 +88,78 @@ def test_kernels_bit_identical_to_host_reference(upy_runner, build, shape):
         assert got["out"] == ref.int_predict(w, sizes, xs[-1]).tolist(), kernel
 
 
+EXTREME_SCRIPT = """
+import json, binascii, micropython
+from array import array
+import mlp
+SIZES, CLASSIFY, SHIFT, STEPS = {sizes}, {classify}, {shift}, {steps}
+n_x, n_y = SIZES[0], (1 if CLASSIFY else SIZES[-1])
+with open('weights.bin', 'rb') as f:
+    w0 = array('i', f.read())
+with open('samples.bin', 'rb') as f:
+    data = array('i', f.read())
+
+def train(net, x, y):
+    # every step under heap_lock: a long int (beyond 31 bits) would raise MemoryError
+    k = 0
+    micropython.heap_lock()
+    try:
+        for _ in range(STEPS):
+            for i in range(n_x):
+                x[i] = data[k + i]
+            for i in range(n_y):
+                y[i] = data[k + n_x + i]
+            k += n_x + n_y
+            net.train_step(x, y[0] if CLASSIFY else y)
+    finally:
+        micropython.heap_unlock()
+
+result = {{}}
+for kernel in ('bytecode', 'viper'):
+    net = mlp.MLP(SIZES, classify=CLASSIFY, lr_shift=SHIFT, kernel=kernel)
+    net.set_weights(w0)
+    train(net, array('i', bytes(4 * n_x)), array('i', bytes(4 * n_y)))
+    result[kernel] = binascii.hexlify(net.weights).decode()
+print(json.dumps(result))
+"""
+
+EXTREMES = {  # sizes, classify, lr_shift: every mode of every layer, at every clamp
+    "5-3 regression": ((5, 3), False, 1),
+    "3-8-8-8-2 softmax": ((3, 8, 8, 8, 2), True, 1),
+    "64-32-10 softmax": ((64, 32, 10), True, 2),
+    "2-128-1 regression": ((2, 128, 1), False, 3),
+}
+
+
+@pytest.mark.parametrize("case", EXTREMES)
+def test_kernels_bit_identical_at_the_clamps(upy_runner, build, case):
+    # Prepare: weights anywhere in +-M_MAX (some at the limits, where wq = +-2**15),
+    # inputs beyond +-A_MAX (clamped), huge targets (delta clamp), lr up to 1/2.
+    sizes, classify, shift = EXTREMES[case]
+    steps = 200
+    rng = np.random.default_rng(len(case))
+    w0 = rng.integers(-ref.M_MAX, ref.M_MAX + 1, ref.n_params(sizes))
+    w0[rng.random(w0.size) < 0.05] = ref.M_MAX
+    w0[rng.random(w0.size) < 0.05] = -ref.M_MAX
+    xs = rng.integers(-40000, 40000, (steps, sizes[0]))
+    xs[rng.random(xs.shape) < 0.3] = 0
+    if classify:
+        ys = rng.integers(0, sizes[-1], (steps, 1))
+    else:
+        ys = rng.integers(-(1 << 22), 1 << 22, (steps, sizes[-1]))
+    (upy_runner.root / "weights.bin").write_bytes(w0.astype("<i4").tobytes())
+    write_samples(upy_runner.root, xs, ys)
+    # Execute
+    script = EXTREME_SCRIPT.format(sizes=sizes, classify=classify, shift=shift, steps=steps)
+    result = upy_runner.run_json(script, build=build)
+    w = ref.int_train(w0.astype(np.int64), sizes, xs, ys[:, 0] if classify else ys,
+                      classify, shift)
+    # Assert: the clamps were reached, and both kernels match the host to the bit.
+    assert np.abs(w).max() == ref.M_MAX
+    for kernel, got in result.items():
+        assert_same_weights(decode_weights(got), w, f"{kernel}, {case}, {steps} steps")
+
+
 ALLOC_SCRIPT = """
 import gc, json, micropython
 from array import array
