@@ -12,10 +12,12 @@ Viper ints are machine words; every value stays below 2**31 in the loops and bel
 where the contract says so, so 32- and 64-bit ports give identical results.
 
 How it is fast, and still exact:
-- int addresses are walked instead of indexes (one add per element, no scaling), the
-  inner loop of forward is unrolled 4x, and backward updates a row in the same pass that
-  accumulates the delta below (reading each weight once; the delta still comes from the
-  weight before its update).
+- int addresses are walked instead of indexes (one add per element, no scaling); inner
+  loops are unrolled (forward 8x, backward 4x or 2x) with constant offsets, and values go
+  straight from load to store (a named temporary costs a stack round trip: the emitter
+  keeps only the first few locals, the parameters, in registers).
+- backward updates a row in the same pass that accumulates the delta below, reading each
+  weight once (the delta still comes from the weight before its update).
 - On 64-bit ports ptr32 loads zero-extend. A signed value is recovered with
   ((v + 2**29) & (2**30 - 1)) - 2**29, exact for |v| < 2**29 on both word sizes.
   Activations are >= 0 except inputs (load_input reports them: mode & 2), so only a
@@ -68,7 +70,7 @@ def forward(w, off: int, a_in, n_in: int, a_out, n_out: int, mode: int):
     acc = 0
     a0 = int(ptr32(a_in))
     aend = a0 + 4 * n_in
-    aend4 = a0 + 16 * (n_in >> 2)
+    aend4 = a0 + 32 * (n_in >> 3)
     po = ptr32(a_out)
     signed = mode & 2
     total = 0  # sum of the inputs, for the weights' 2**16 offset
@@ -95,9 +97,13 @@ def forward(w, off: int, a_in, n_in: int, a_out, n_out: int, mode: int):
                 acc += ((((ptr32(pw)[0] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[0] >> 7) + (
                     (((ptr32(pw)[1] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[1] >> 7) + (
                     (((ptr32(pw)[2] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[2] >> 7) + (
-                    (((ptr32(pw)[3] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[3] >> 7)
-                pw += 16
-                pa += 16
+                    (((ptr32(pw)[3] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[3] >> 7) + (
+                    (((ptr32(pw)[4] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[4] >> 7) + (
+                    (((ptr32(pw)[5] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[5] >> 7) + (
+                    (((ptr32(pw)[6] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[6] >> 7) + (
+                    (((ptr32(pw)[7] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[7] >> 7)
+                pw += 32
+                pa += 32
             while pa < aend:
                 acc += (((ptr32(pw)[0] + _WQ_BIAS) & _MASK29) >> 12) * ptr32(pa)[0] >> 7
                 pw += 4
@@ -171,6 +177,7 @@ def backward(w, off: int, d_out, n_out: int, a_in, d_in, n_in: int, shift: int, 
     a0 = int(ptr32(a_in))
     aend = a0 + 4 * n_in
     aend2 = a0 + 8 * (n_in >> 1)
+    aend4 = a0 + 16 * (n_in >> 2)
     s0 = int(ptr32(d_in))
     pd = ptr32(d_out)
     r = 1 << (shift - 1)
@@ -191,9 +198,9 @@ def backward(w, off: int, d_out, n_out: int, a_in, d_in, n_in: int, shift: int, 
         pa = a0
         if below:
             ps = s0
-            while pa < aend2:  # two weights per turn
+            while pa < aend4:  # four weights per turn
                 m = ((ptr32(pw)[0] + _BIAS29) & _MASK30) - _BIAS29
-                ptr32(ps)[0] = ptr32(ps)[0] + (((m + 2048) >> 12) * dj >> 7)  # mod 2**32
+                ptr32(ps)[0] = ptr32(ps)[0] + (((m + 2048) >> 12) * dj >> 7)
                 m -= (dj * ptr32(pa)[0] + r) >> shift
                 if uint(m + _M_MAX) > uint(_M_SPAN):
                     m = _M_MAX if m > 0 else 0 - _M_MAX
@@ -204,9 +211,21 @@ def backward(w, off: int, d_out, n_out: int, a_in, d_in, n_in: int, shift: int, 
                 if uint(m + _M_MAX) > uint(_M_SPAN):
                     m = _M_MAX if m > 0 else 0 - _M_MAX
                 ptr32(pw)[1] = m
-                pw += 8
-                pa += 8
-                ps += 8
+                m = ((ptr32(pw)[2] + _BIAS29) & _MASK30) - _BIAS29
+                ptr32(ps)[2] = ptr32(ps)[2] + (((m + 2048) >> 12) * dj >> 7)
+                m -= (dj * ptr32(pa)[2] + r) >> shift
+                if uint(m + _M_MAX) > uint(_M_SPAN):
+                    m = _M_MAX if m > 0 else 0 - _M_MAX
+                ptr32(pw)[2] = m
+                m = ((ptr32(pw)[3] + _BIAS29) & _MASK30) - _BIAS29
+                ptr32(ps)[3] = ptr32(ps)[3] + (((m + 2048) >> 12) * dj >> 7)
+                m -= (dj * ptr32(pa)[3] + r) >> shift
+                if uint(m + _M_MAX) > uint(_M_SPAN):
+                    m = _M_MAX if m > 0 else 0 - _M_MAX
+                ptr32(pw)[3] = m
+                pw += 16
+                pa += 16
+                ps += 16
             while pa < aend:
                 m = ((ptr32(pw)[0] + _BIAS29) & _MASK30) - _BIAS29
                 ptr32(ps)[0] = ptr32(ps)[0] + (((m + 2048) >> 12) * dj >> 7)
