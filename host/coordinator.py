@@ -300,18 +300,18 @@ class Coordinator:
     def _resume(self) -> None:
         from . import reference
 
-        cfg = self.ck
-        cfg.ensure_meta(fleet=self.cfg.fleet, model=self.cfg.model,
-                        sizes="-".join(map(str, self.cfg.sizes)))
-        got = cfg.resume()
+        ck = self.ck
+        ck.ensure_meta(fleet=self.cfg.fleet, model=self.cfg.model,
+                       sizes="-".join(map(str, self.cfg.sizes)))
+        got = ck.resume()
         if got is None:
             theta = reference.init_weights(self.cfg.sizes, self.cfg.seed).astype(np.float64)
-            cfg.save_round(0, theta, strategy=self.cfg.strategy, status="init",
-                           finished=time.time())
+            ck.save_round(0, theta, strategy=self.cfg.strategy, status="init",
+                          finished=time.time())
             got = (0, theta)
-            log.info("new checkpoint %s: initial weights (seed %d)", cfg.path, self.cfg.seed)
+            log.info("new checkpoint %s: initial weights (seed %d)", ck.path, self.cfg.seed)
         else:
-            log.info("resuming from %s: round %d completed", cfg.path, got[0])
+            log.info("resuming from %s: round %d completed", ck.path, got[0])
         self.last_round, self.theta = got
         if self.theta.shape != (self.codec.n_params,):
             raise TinyFleetError(f"checkpoint weights have {self.theta.size} params, model "
