@@ -33,7 +33,7 @@ TASKS: dict[str, tuple[int, ...]] = {"sine": (1, 40, 40, 1)}
 class SimConfig:
     """Parameters of one simulation (the CLI's options)."""
 
-    devices: int = 4
+    devices: int = 8
     rounds: int = 200
     task: str = "sine"
     out: Path | None = None

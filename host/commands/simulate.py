@@ -6,7 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--devices", type=int, default=4, help="MicroPython device processes")
+    parser.add_argument("--devices", type=int, default=8, help="MicroPython device processes")
     parser.add_argument("--rounds", type=int, default=200, help="federated rounds")
     parser.add_argument("--task", default="sine", choices=["sine"], help="the devices' task")
     parser.add_argument("--out", help="report directory (default: ./runs/<UTC timestamp>)")
