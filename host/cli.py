@@ -16,11 +16,22 @@ from .errors import TinyFleetError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "one simulated board learning the sine task online (MicroPython)"),
     "bench": ("bench", "benchmarks: kernels (µs/step, bytes/step) and rounds"),
+    "coordinator": ("coordinator", "federated rounds over MQTT (Reptile, FedAvg), checkpointed"),
+    "simulate": ("simulate", "a simulated fleet: Mosquitto, coordinator, N MicroPython devices"),
+    "emulate": ("emulate", "emulated board (qemu Cortex-M3, UART on a pty): start|stop|status"),
+    "flash": ("flash", "write MicroPython firmware: ESP32 family (esptool) or RP2040 (UF2)"),
+    "deploy": ("deploy", "compile and copy TinyFleet to a board, write its config, reset it"),
+    "inspect": ("inspect", "a board's firmware, model, learning state, memory and config"),
+    "repl": ("repl", "open mpremote's REPL on a board"),
+    "selftest": ("selftest", "run the kernels on a board against the integer reference"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinyfleet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tinyfleet",
+        description="TinyFleet: online learning on MicroPython boards and federated "
+                    "meta-learning over MQTT.")
     parser.add_argument("--version", action="version", version=f"tinyfleet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
