@@ -15,7 +15,6 @@ from array import array
 
 from micropython import const
 
-_A_MAX = const(16383)
 _M_MAX = const(134217727)
 _MAX_FAN = const(128)
 # 30-bit LCG: state = (1103515245 * state + 12345) mod 2**30, multiplied in 15-bit
@@ -202,19 +201,14 @@ class MLP:
 
     def predict(self, x):
         """Forward pass; returns the output buffer (array('i'), Q12; logits if classify)."""
-        self._forward(x)
-        return self._out
-
-    def _forward(self, x):
-        # Returns 2 if an input is negative (the kernels' "signed inputs" mode bit), else 0.
         if len(x) != self._n_in:
             raise ValueError("MLP expects %d inputs, got %d" % (self._n_in, len(x)))
         k = self._k
         w = self._w
-        sign = k.load_input(x, self._in, self._n_in)
+        sign = k.load_input(x, self._in, self._n_in)  # 2 if an input is < 0, else 0
         for off, n_in, n_out, a_in, a_out, _, _, mode, _, first in self._layers:
             k.forward(w, off, a_in, n_in, a_out, n_out, mode | (sign & first))
-        return sign
+        return self._out
 
     def train_step(self, x, y):
         """One SGD step on sample (x, y); y: array('i') Q12 targets, or an int label."""
@@ -225,7 +219,7 @@ class MLP:
                 raise ValueError("label must be 0..%d, got %d" % (n - 1, y))
         elif len(y) != n:
             raise ValueError("MLP expects %d targets, got %d" % (n, len(y)))
-        if len(x) != self._n_in:  # the forward pass of predict, inlined (one call less)
+        if len(x) != self._n_in:  # predict's forward pass, inlined (one call less per step)
             raise ValueError("MLP expects %d inputs, got %d" % (self._n_in, len(x)))
         k = self._k
         w = self._w
