@@ -20,7 +20,8 @@ Kernel interface (kernel_viper has the same functions; mlp.MLP calls them per la
                                  m -= (d_out a_in + R) >> shift, clamped to +-M_MAX
                                  (mode & 2: a_in may be negative)
 Rows whose delta is 0 are skipped: their update (0 + R) >> shift is exactly 0.
-kernel_viper does the delta and the update of a row in one pass over its weights.
+Mode bit 2 only matters to kernels whose loads zero-extend (viper on 64-bit ports); this
+one ignores it. kernel_viper does a row's delta and update in one pass over its weights.
 """
 
 from micropython import const
