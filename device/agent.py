@@ -20,7 +20,7 @@ from store import Store
 from tfshared import hmac, weights, wire
 
 _EMA_SHIFT = const(6)  # online loss: exponential average over ~64 samples
-_ERR_MAX = const(16383)
+_ERR_MAX = const(65535)  # error clamp for loss tracking: 16.0 in Q12
 _POLL_MS = const(20)  # how often the MQTT socket is looked at while learning
 
 
@@ -65,7 +65,7 @@ class Device:
         self.drift = cfg["drift"]
         self.x = array("i", [0])
         self.y = array("i", [0])
-        self.err_ema = 0  # Q18 squared error average
+        self.err_ema = 0  # Q16 squared error average
         self.samples = 0
         self.rounds = 0
         self.accepted = 0
@@ -138,8 +138,12 @@ class Device:
         g = self.glob
         self.gver = ver
         self.net.set_weights(g)
-        self.store.save(g, self.sizes, ver)  # once per model, not per step (flash wear)
         self.accepted += 1
+        try:
+            self.store.save(g, self.sizes, ver)  # once per model, not per step (flash wear)
+        except OSError as e:  # flash full or failing: keep running on the RAM copy
+            self.reason = "adopted v%d but could not persist it: %r" % (ver, e)
+            log(self.reason)
         log("global: adopted v%d" % ver)
         self.publish_status("accepted")
 
@@ -182,7 +186,7 @@ class Device:
         net.lr_shift = old
         self.samples += r.k
         self.rounds += 1
-        loss_q12 = (err // r.k) >> 6  # Q18 -> Q12
+        loss_q12 = (err // r.k) >> 4  # Q16 -> Q12
         blob = weights.encode(net.weights, self.sizes, weights.DTYPE_Q12, self.gver)
         frames = wire.encode_update(self.model_id, r.round, self.cfg["id"], r.k, loss_q12,
                                     blob, key=self.key)
@@ -198,7 +202,7 @@ class Device:
     def status(self, state):
         return {"id": self.cfg["id"], "state": state, "model": self.cfg["model"],
                 "version": self.gver, "samples": self.samples, "rounds": self.rounds,
-                "loss": self.err_ema / (1 << 18), "kernel": self.net.kernel,
+                "loss": self.err_ema / (1 << 16), "kernel": self.net.kernel,
                 "accepted": self.accepted, "rejected": self.rejected, "reason": self.reason,
                 "amp": self.data.amp / 4096, "phase": self.data.phase / 4096,
                 "crc": crc32(self.glob) & 0xFFFFFFFF,  # which global weights it holds
@@ -261,13 +265,14 @@ def parse_key(text):
 
 
 def sq_err(z, y):
-    """(z - y)**2 in Q18 for Q12 z, y; clamped so it stays a small int on 31-bit ports."""
+    """(z - y)**2 in Q16 for Q12 z, y; |z - y| clamped to 16, so it is < 2**24 and stays
+    a small int on 31-bit ports."""
     e = z - y
     if e > _ERR_MAX:
         e = _ERR_MAX
     elif e < -_ERR_MAX:
         e = -_ERR_MAX
-    e >>= 3  # Q9: e*e < 2**22
+    e >>= 4  # Q8
     return e * e
 
 
