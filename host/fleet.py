@@ -202,7 +202,11 @@ class Watcher:
         self.client.on_connect = lambda c, u, f, rc, p=None: [c.subscribe(t, qos=1)
                                                                for t in topics]
         self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.connect(host, port)
+        try:
+            self.client.connect(host, port)
+        except OSError as exc:
+            raise TinyFleetError(f"cannot connect to the broker at {host}:{port}: "
+                                 f"{exc.strerror or exc}") from None
         self.client.loop_start()
         if not self._subscribed.wait(timeout):
             self.close()

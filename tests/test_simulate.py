@@ -63,11 +63,20 @@ def test_progress_line_tty_and_plain():
     assert text.count("\r") == 2 and text.endswith("\n") and text.count("\n") == 1, repr(text)
 
 
-def test_user_error_is_one_line():
+def test_user_error_is_one_line(tmp_path: Path):
     proc = cli("--devices", "0")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, (out, err)
     assert err.strip() == "tinyfleet: error: --devices must be 1..64", err
+    # Prepare: a port nobody listens on
+    from tinyfleet.broker import free_port
+
+    port = free_port()
+    proc = cli("--broker", f"127.0.0.1:{port}", "--out", str(tmp_path / "run"))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert err.startswith(f"tinyfleet: error: cannot connect to the broker at 127.0.0.1:{port}"
+                          ) and err.count("\n") == 1, err
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path):
