@@ -64,17 +64,22 @@ def load(path, n_in, n_y, count):
     return xs, ys
 
 def us_per_step(net, xs, ys, steps, classify):
+    # best of 5 repeats: the machine is shared, the fastest run is the least disturbed
     n = len(xs)
-    t = time.ticks_us()
-    for k in range(steps):
-        net.train_step(xs[k % n], ys[k % n][0] if classify else ys[k % n])
-    return time.ticks_diff(time.ticks_us(), t) / steps
+    best = None
+    for _ in range(5):
+        t = time.ticks_us()
+        for k in range(steps):
+            net.train_step(xs[k % n], ys[k % n][0] if classify else ys[k % n])
+        us = time.ticks_diff(time.ticks_us(), t) / steps
+        best = us if best is None else min(best, us)
+    return best
 
 result = {}
 for name, sizes, classify, shift in (('1-40-40-1', (1, 40, 40, 1), False, 5),
                                      ('64-32-10', (64, 32, 10), True, 4)):
     xs, ys = load(name + '.bin', sizes[0], 1 if classify else sizes[-1], 64)
-    for kernel, steps in (('bytecode', 200), ('viper', 2000)):
+    for kernel, steps in (('bytecode', 100), ('viper', 1000)):
         net = mlp.MLP(sizes, classify=classify, lr_shift=shift, kernel=kernel)
         result[name + ' ' + kernel] = us_per_step(net, xs, ys, steps, classify)
 print(json.dumps(result))
