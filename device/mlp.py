@@ -142,6 +142,9 @@ class MLP:
     sizes: layer widths, input first (each 1..128); classify: softmax cross-entropy on an
     int label instead of MSE on Q12 targets; lr_shift: learning rate 2**-lr_shift (>= 1);
     kernel: 'auto', 'viper', 'ulab' or 'bytecode'; seed: He-uniform init seed.
+    Inputs and targets must be array('i') in Q12 (the viper kernel reads their memory).
+    Raises ValueError on bad sizes, lr_shift or kernel name; ImportError when a kernel
+    asked for by name is not available on this port.
     """
 
     def __init__(self, sizes, classify=False, lr_shift=6, kernel="auto", seed=0):
