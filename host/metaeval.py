@@ -570,7 +570,8 @@ def check_targets(mse: dict[str, dict[str, dict[int, float]]], at: int) -> list[
     out: list[dict[str, Any]] = []
 
     def add(name: str, ratio: float, goal: float, higher: bool) -> None:
-        ok = ratio >= goal if higher else ratio <= goal
+        tol = 1e-9 * goal  # 1.2 / 0.8 is 1.4999999999999998 in binary
+        ok = ratio >= goal - tol if higher else ratio <= goal + tol
         out.append({"target": name, "ratio": ratio, "goal": goal,
                     "sense": ">=" if higher else "<=", "met": bool(ok)})
 
