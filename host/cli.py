@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "benchmarks: kernels (µs/step, bytes/step) and rounds"),
     "coordinator": ("coordinator", "federated rounds over MQTT (Reptile, FedAvg), checkpointed"),
     "simulate": ("simulate", "a simulated fleet: Mosquitto, coordinator, N MicroPython devices"),
+    "evaluate": ("evaluate", "meta-learning vs baselines on held-out tasks (host, fixed+float)"),
     "emulate": ("emulate", "emulated board (qemu Cortex-M3, UART on a pty): start|stop|status"),
     "flash": ("flash", "write MicroPython firmware: ESP32 family (esptool) or RP2040 (UF2)"),
     "deploy": ("deploy", "compile and copy TinyFleet to a board, write its config, reset it"),
