@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 from tfshared import weights as wcodec
-
 from tinyfleet import cli, heldout, metaeval, strategies
 from tinyfleet import reference as ref
 
