@@ -6,14 +6,14 @@ Kernel interface (kernel_viper has the same functions; mlp.MLP calls them per la
   a_in/a_out/d_in/d_out/z/y: array('i') Q12 buffers of the layer's units.
   load_input(x, a, n)            a[i] = clamp(x[i], +-A_MAX); returns 2 if some x[i] < 0
                                  else 0 (the mode bit below for the input layer)
-  forward(w, off, a_in, n_in, a_out, n_out, mode)
+  forward(off, n_in, mode, w, a_in, a_out, n_out)
                                  a_out = W a_in + b; clipped ReLU [0, A_MAX] if mode & 1
                                  (mode & 2: some a_in < 0; only the inputs can be)
   delta_mse(z, y, d, n)          d = clamp(z - y, +-D_MAX)
   delta_softmax(z, label, d, n, exp2)
                                  d = softmax(z) - onehot(label), integer softmax with
                                  exp2 = array('H') of 2**(-k/256) in Q14
-  backward(w, off, d_out, n_out, a_in, d_in, n_in, shift, mode)
+  backward(off, n_in, shift, w, d_out, n_out, a_in, d_in, mode)
                                  if mode & 1: first d_in = clamp(W^T d_out, +-D_MAX) where
                                  0 < a_in < A_MAX, else 0 (from the weights before the
                                  update; d_in is also the accumulator); then the update
@@ -47,7 +47,7 @@ def load_input(x, a, n):
     return sign
 
 
-def forward(w, off, a_in, n_in, a_out, n_out, mode):
+def forward(off, n_in, mode, w, a_in, a_out, n_out):
     k = off
     for j in range(n_out):
         acc = 0
@@ -94,7 +94,7 @@ def delta_softmax(z, label, d, n, exp2):
     d[label] -= _ONE
 
 
-def backward(w, off, d_out, n_out, a_in, d_in, n_in, shift, mode):
+def backward(off, n_in, shift, w, d_out, n_out, a_in, d_in, mode):
     if mode & 1:
         _backprop(w, off, d_out, n_out, a_in, d_in, n_in)
     _update(w, off, d_out, n_out, a_in, n_in, shift)

@@ -2,10 +2,10 @@
 kernel_bytecode (see its docstring for what each function computes).
 
   load_input(x, a, n) -> 2 if some x[i] < 0 else 0
-  forward(w, off, a_in, n_in, a_out, n_out, mode)
+  forward(off, n_in, mode, w, a_in, a_out, n_out)
   delta_mse(z, y, d, n)
   delta_softmax(z, label, d, n, exp2)
-  backward(w, off, d_out, n_out, a_in, d_in, n_in, shift, mode)
+  backward(off, n_in, shift, w, d_out, n_out, a_in, d_in, mode)
 
 All buffers are array('i') (exp2: array('H')); offsets and sizes count elements.
 Viper ints are machine words; every value stays below 2**31 in the loops and below 2**29
@@ -15,7 +15,9 @@ How it is fast, and still exact:
 - int addresses are walked instead of indexes (one add per element, no scaling); inner
   loops are unrolled (forward 8x, backward 4x or 2x) with constant offsets, and values go
   straight from load to store (a named temporary costs a stack round trip: the emitter
-  keeps only the first few locals, the parameters, in registers).
+  keeps only the first few locals in registers, and parameters come first). So the
+  interface puts the layer's ints first, and forward/backward reuse them as the loop's
+  pointers and sum (~10% faster than the same code with the buffers first).
 - backward updates a row in the same pass that accumulates the delta below, reading each
   weight once (the delta still comes from the weight before its update).
 - On 64-bit ports ptr32 loads zero-extend. A signed value is recovered with
@@ -64,15 +66,16 @@ def load_input(x, a, n: int) -> int:
 
 
 @micropython.viper
-def forward(w, off: int, a_in, n_in: int, a_out, n_out: int, mode: int):
-    pw = int(ptr32(w)) + 4 * off  # address of the current weight
-    pa = 0                        # address of the current input
-    acc = 0
+def forward(pw: int, pa: int, acc: int, w, a_in, a_out, n_out: int):
+    # pw, pa, acc arrive as off, n_in, mode and become the loop's pointers and sum:
+    # the first parameters are the locals the emitter keeps in registers.
     a0 = int(ptr32(a_in))
-    aend = a0 + 4 * n_in
-    aend4 = a0 + 32 * (n_in >> 3)
+    aend = a0 + 4 * pa
+    aend4 = a0 + 32 * (pa >> 3)
+    relu = acc & 1
+    signed = acc & 2
+    pw = int(ptr32(w)) + 4 * pw
     po = ptr32(a_out)
-    signed = mode & 2
     total = 0  # sum of the inputs, for the weights' 2**16 offset
     pa = a0
     while pa < aend:
@@ -111,7 +114,7 @@ def forward(w, off: int, a_in, n_in: int, a_out, n_out: int, mode: int):
         bq = (((ptr32(pw)[0] + _WQ_BIAS) & _MASK29) >> 12) - _WQ_OFF
         z = (acc + (bq << 5)) >> 5
         pw += 4
-        if mode & 1:
+        if relu:
             if z < 0:
                 z = 0
             elif z > _A_MAX:
@@ -170,10 +173,11 @@ def delta_softmax(z, label: int, d, n: int, exp2):
 
 
 @micropython.viper
-def backward(w, off: int, d_out, n_out: int, a_in, d_in, n_in: int, shift: int, mode: int):
-    pw = int(ptr32(w)) + 4 * off  # address of the current weight
-    pa = 0                        # address of the current input
+def backward(pw: int, pa: int, shift: int, w, d_out, n_out: int, a_in, d_in, mode: int):
+    # pw, pa arrive as off, n_in and become the loop's pointers (registers, see forward)
+    n_in = pa
     ps = 0                        # address of the current delta-below accumulator
+    pw = int(ptr32(w)) + 4 * pw
     a0 = int(ptr32(a_in))
     aend = a0 + 4 * n_in
     aend2 = a0 + 8 * (n_in >> 1)

@@ -210,7 +210,7 @@ class MLP:
         w = self._w
         sign = k.load_input(x, self._in, self._n_in)  # 2 if an input is < 0, else 0
         for off, n_in, n_out, a_in, a_out, _, _, mode, _, first in self._layers:
-            k.forward(w, off, a_in, n_in, a_out, n_out, mode | (sign & first))
+            k.forward(off, n_in, mode | (sign & first), w, a_in, a_out, n_out)
         return self._out
 
     def train_step(self, x, y):
@@ -228,14 +228,14 @@ class MLP:
         w = self._w
         sign = k.load_input(x, self._in, self._n_in)
         for off, n_in, n_out, a_in, a_out, _, _, mode, _, first in self._layers:
-            k.forward(w, off, a_in, n_in, a_out, n_out, mode | (sign & first))
+            k.forward(off, n_in, mode | (sign & first), w, a_in, a_out, n_out)
         if classify:
             k.delta_softmax(self._out, y, self._dout, n, self._exp2)
         else:
             k.delta_mse(self._out, y, self._dout, n)
         s = self.lr_shift
         for off, n_in, n_out, a_in, _, d_in, d_out, _, mode, first in self._backward:
-            k.backward(w, off, d_out, n_out, a_in, d_in, n_in, s, mode | (sign & first))
+            k.backward(off, n_in, s, w, d_out, n_out, a_in, d_in, mode | (sign & first))
 
     def set_weights(self, arr):
         """Copy Q24 master weights in (layout of self.weights).
