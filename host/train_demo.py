@@ -68,7 +68,7 @@ class Checkpoint:
     bytes_allocated: int
 
 
-def run(steps: int = 5000, every: int = 500, seed: int = 1, lr_shift: int = 6,
+def run(steps: int = 5000, every: int = 500, seed: int = 1, lr_shift: int = 5,
         kernel: str = "auto", build: str = "32",
         heapsize: str = "64k") -> Iterator[dict[str, object]]:
     """Train one simulated board; yield its header, then one dict per checkpoint.

@@ -10,8 +10,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=5000, help="online SGD steps (5000)")
     parser.add_argument("--every", type=int, default=500, help="report every N steps (500)")
     parser.add_argument("--seed", type=int, default=1, help="task and init seed (1)")
-    parser.add_argument("--lr-shift", type=int, default=6,
-                        help="learning rate 2**-N (6: 0.0156)")
+    parser.add_argument("--lr-shift", type=int, default=5,
+                        help="learning rate 2**-N (5: 0.03125)")
     parser.add_argument("--kernel", default="auto",
                         choices=["auto", "viper", "ulab", "bytecode"], help="kernel (auto)")
     parser.add_argument("--build", default="32", choices=["32", "64"],
