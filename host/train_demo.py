@@ -42,6 +42,7 @@ def mse():
 print('{"kernel": "%s", "amplitude": %d, "phase": %d, "params": %d}' % (
     net.kernel, task.amp, task.phase, net.n_params))
 print('{"step": 0, "mse": %f, "us": 0}' % mse())
+time.ticks_diff(time.ticks_us(), time.ticks_us())  # first calls allocate: warm up
 done = 0
 while done < steps:
     n = min(every, steps - done)
