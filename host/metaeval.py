@@ -79,7 +79,7 @@ class Settings:
     recovery_tasks: int = 100
     recovery_target: float = 0.5    # MSE a drifted board has to reach
     recovery_max: int = 256         # samples it gets to do so
-    recovery_every: int = 8         # MSE checked every this many samples
+    recovery_every: int = 4         # MSE checked every this many samples
 
     def __post_init__(self) -> None:
         ref.layers(self.sizes)  # raises on a bad shape
@@ -304,17 +304,21 @@ def board_seed(seed: int, board: int) -> int:
     return 1000 * seed + board + 1
 
 
-def sine_stream(task_seed: int, n: int, drift: int = 0) -> tuple[I64, I64]:
+def sine_stream(task_seed: int, n: int, drift: int = 0,
+                drifts: int | None = None) -> tuple[I64, I64]:
     """n samples (Q12 x, y) of device/datasource.SineTask(task_seed), drifting to a new
-    task after every `drift` samples (0: never), as a board's stream."""
+    task after every `drift` samples (0: never), as a board's stream; at most `drifts`
+    times if given."""
     task = datasource().SineTask(seed=task_seed)
     xs, ys = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     xa, ya = [0], [0]
+    left = n if drifts is None else drifts
     for j in range(n):
         task.read(xa, ya)
         xs[j], ys[j] = xa[0], ya[0]
-        if drift and (j + 1) % drift == 0:
+        if drift and left and (j + 1) % drift == 0:
             task.drift()
+            left -= 1
     return xs, ys
 
 
@@ -505,9 +509,9 @@ def drift_recovery(theta: npt.NDArray, settings: Settings, arith: str,
     ox, oy = np.empty((n, k), np.int64), np.empty((n, k), np.int64)
     nx, ny = np.empty((n, cap), np.int64), np.empty((n, cap), np.int64)
     qx, qy = np.empty((n, st.queries), np.int64), np.empty((n, st.queries), np.int64)
-    for i in range(n):  # k old-task samples, then the drift, then the new task's samples
+    for i in range(n):  # k old-task samples, then one drift, then the new task's samples
         x, y = sine_stream(RECOVERY_SEED_BASE + 7919 * i + 1000003 * seed,
-                           k + cap + st.queries, drift=k)
+                           k + cap + st.queries, drift=k, drifts=1)
         ox[i], oy[i], nx[i], ny[i] = x[:k], y[:k], x[k:k + cap], y[k:k + cap]
         qx[i], qy[i] = x[k + cap:], y[k + cap:]
     w = np.array(np.broadcast_to(theta, (2 * n, theta.shape[-1])), dtype=theta.dtype, order="C")

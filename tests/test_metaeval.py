@@ -106,6 +106,16 @@ def test_sine_stream_drifts_like_a_board() -> None:
             task.drift()
     x, y = metaeval.sine_stream(42, 10, drift=3)
     assert list(zip(x.tolist(), y.tolist(), strict=True)) == want
+    # drifts=1: one task change after 3 samples, then the new task for good.
+    task = ds.SineTask(seed=42)
+    want = []
+    for j in range(10):
+        task.read(xa, ya)
+        want.append((xa[0], ya[0]))
+        if j == 2:
+            task.drift()
+    x, y = metaeval.sine_stream(42, 10, drift=3, drifts=1)
+    assert list(zip(x.tolist(), y.tolist(), strict=True)) == want
 
 
 def test_heldout_set_is_tinyfleet_heldouts() -> None:
@@ -255,6 +265,7 @@ def test_drift_recovery_counts_samples_to_target() -> None:
     r = metaeval.drift_recovery(theta, easy, "fixed")
     assert r["checks"] == [0, 8, 16]
     assert r["from_init"]["median_samples"] == 0.0 and r["from_init"]["reached"] == 1.0
+    assert len(r["from_init"]["mean_mse"]) == 3
     never = metaeval.Settings(recovery_tasks=4, recovery_max=16, recovery_every=8,
                               recovery_target=0.0, queries=10)
     r = metaeval.drift_recovery(theta, never, "fixed")
