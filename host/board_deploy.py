@@ -102,7 +102,7 @@ def probe(port: str) -> Board:
         TinyFleetError: no board / busy / no MicroPython on the port.
     """
     code = PROBE.replace("DIRS", repr(list(MANAGED_DIRS)))
-    r = board_mp.exec_json(port, code)
+    r = board_mp.exec_json(port, code, timeout=board_mp.PROBE_TIMEOUT + 30)
     if not isinstance(r, dict):
         raise TinyFleetError(f"unexpected answer from the board on {port}")
     return Board(tuple(r["version"]), r["mpy"], r["platform"], r["machine"],  # type: ignore

@@ -19,11 +19,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import board_mp
+from . import board_mp, upy
 from .errors import TinyFleetError
 from .upy import CACHE, INSTALLER, REPO
 
 PATCH = REPO / "tools" / "emuboard" / "qemu-tooling.patch"
+MKFSIMG = REPO / "tools" / "emuboard" / "mkfsimg.py"
 EMU_CACHE = CACHE / "emuboard"
 BOARD = "MPS2_AN385_TOOLING"
 HEAP = 143360  # MICROPY_HEAP_SIZE, as upstream's MPS2_AN385
@@ -168,8 +169,28 @@ def _is_qemu(pid: int) -> bool:
         return True  # no /proc: trust the pid
 
 
-def start(state_dir: Path | None = None, timeout: float = 30.0) -> BoardState:
-    """Start the emulated board (building it if needed); idempotent.
+def make_fs_image(out: Path, files: dict[str, Path] | None = None,
+                  fill: dict[str, int] | None = None) -> Path:
+    """A LittleFS2 image of the board's RAM disk holding `files` (board path -> host file)
+    and `fill` (board path -> size of a zero-filled file), built with the unix port.
+
+    Raises:
+        TinyFleetError: the files do not fit or MicroPython is missing.
+    """
+    specs = [f"{src}:{dst}" for dst, src in (files or {}).items()]
+    specs += [f"@fill:{dst}:{n}" for dst, n in (fill or {}).items()]
+    proc = subprocess.run([str(upy.micropython("64")), "-X", "heapsize=8M", str(MKFSIMG),
+                           str(out), *specs], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise TinyFleetError(f"could not build {out.name}: "
+                             f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+    return out
+
+
+def start(state_dir: Path | None = None, timeout: float = 30.0,
+          fs_image: Path | None = None) -> BoardState:
+    """Start the emulated board (building it if needed); idempotent. `fs_image` preloads
+    the RAM-disk filesystem (see make_fs_image); otherwise the board formats an empty one.
 
     Raises:
         TinyFleetError: build failed, qemu missing, or the REPL never answered.
@@ -183,11 +204,16 @@ def start(state_dir: Path | None = None, timeout: float = 30.0) -> BoardState:
     sfile = state_file(state_dir)
     sfile.parent.mkdir(parents=True, exist_ok=True)
     log = sfile.with_suffix(".log")
+    extra: list[str] = []
+    if fs_image is not None:
+        if not fs_image.is_file():
+            raise TinyFleetError(f"filesystem image {fs_image} not found")
+        extra = ["-device", f"loader,file={fs_image},addr=0x20000000,force-raw=on"]
     with log.open("wb") as out:
         # As `make run` in ports/qemu, but the UART on a pty instead of stdio.
         proc = subprocess.Popen(
             ["qemu-system-arm", "-machine", "mps2-an385", "-nographic", "-monitor", "null",
-             "-semihosting", "-serial", "pty", "-kernel", str(elf)],
+             "-semihosting", "-serial", "pty", "-kernel", str(elf), *extra],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     port = None

@@ -13,6 +13,8 @@ from .errors import TinyFleetError
 
 # Seconds one mpremote invocation may take before we call the board hung.
 DEFAULT_TIMEOUT = 120.0
+# mpremote waits forever for a port that never answers; a first call is cut short.
+PROBE_TIMEOUT = 15.0
 
 
 def argv(port: str, *commands: str) -> list[str]:
@@ -41,7 +43,8 @@ def explain(port: str, output: str) -> str:
         return f"port {port} is busy (another program has it open) or not accessible"
     if "could not enter raw repl" in text or "timeout waiting for" in text:
         return f"no MicroPython REPL answering on {port} (is a board there, running MicroPython?)"
-    if "ENOSPC" in text or "[Errno 28]" in text:
+    if ("ENOSPC" in text or "[Errno 28]" in text or "OSError: 28" in text
+            or "No space left on device" in text):
         return f"the board's filesystem on {port} is full"
     lines = [line for line in text.splitlines() if line.strip()]
     return f"mpremote failed on {port}: {lines[-1] if lines else 'no output'}"
@@ -60,7 +63,8 @@ def run(port: str, commands: Sequence[str], timeout: float = DEFAULT_TIMEOUT,
         proc = subprocess.run(argv(port, *commands), capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
-        raise TinyFleetError(f"board on {port} did not answer within {timeout:.0f} s") from exc
+        raise TinyFleetError(f"no answer from {port} within {timeout:.0f} s (no MicroPython "
+                             "REPL there, or the board hung)") from exc
     if check and proc.returncode != 0:
         raise TinyFleetError(explain(port, proc.stdout + "\n" + proc.stderr))
     return proc
@@ -82,6 +86,15 @@ def exec_json(port: str, code: str, timeout: float = DEFAULT_TIMEOUT,
         except ValueError:
             pass
     raise TinyFleetError(explain(port, proc.stdout + "\n" + proc.stderr))
+
+
+def ensure_repl(port: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Check quickly that a MicroPython REPL answers on `port`.
+
+    Raises:
+        TinyFleetError: no such device, busy, or nothing answers within `timeout`.
+    """
+    run(port, ["exec", "pass"], timeout=timeout)
 
 
 def interactive(port: str, commands: Sequence[str]) -> int:

@@ -9,16 +9,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["start", "stop", "status"],
                         help="start (build if needed) | stop | status")
     parser.add_argument("--json", action="store_true", help="print the state as JSON")
+    parser.add_argument("--fs-image", metavar="IMG",
+                        help="start: preload the 2 MiB RAM-disk filesystem from this image "
+                        "(tools/emuboard/mkfsimg.py builds one)")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
+    from pathlib import Path
 
     from .. import board_emu
 
     if args.action == "start":
-        state = board_emu.start()
+        state = board_emu.start(fs_image=Path(args.fs_image) if args.fs_image else None)
     elif args.action == "stop":
         state = board_emu.stop()
         if not args.json:

@@ -46,7 +46,8 @@ def read(port: str) -> dict[str, object]:
     from ..errors import TinyFleetError
 
     try:
-        report = board_mp.exec_json(port, "import inspect; inspect.main()")
+        report = board_mp.exec_json(port, "import inspect; inspect.main()",
+                                    timeout=board_mp.PROBE_TIMEOUT + 15)
     except TinyFleetError as exc:
         if "no module named 'inspect'" in str(exc).lower() or "has no attribute" in str(exc):
             raise TinyFleetError(f"TinyFleet is not deployed on {port} (no inspect module); "

@@ -13,8 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from .. import board_mp
     from .. import board_selftest as st
 
+    board_mp.ensure_repl(args.port)  # fail fast: the self-test itself may take minutes
     answers = [st.run_case(args.port, case) for case in st.CASES]
     if args.json:
         print(json.dumps(answers))
