@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import serial
-
 from tinyfleet import board_deploy, board_emu, board_mp, cli, upy
 
 pytestmark = pytest.mark.emulator

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
 from tinyfleet import board_flash, cli
 from tinyfleet.errors import TinyFleetError
 
@@ -164,3 +163,22 @@ def test_esp_flash_without_a_board(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert rc == 1
     assert "no board on /dev/ttyNOPE0" in capsys.readouterr().err
     assert runner.calls == []
+
+
+def test_esp_flash_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    runner = FakeEsptool()
+    monkeypatch.setattr(board_flash, "run_esptool", runner)
+    fw = write(tmp_path, "ESP32_GENERIC_S3.bin", esp_image(9))
+    port = write(tmp_path, "ttyACM0", b"")
+
+    rc = board_cli(["flash", "--port", str(port), "--firmware", str(fw), "--baud", "921600"],
+                   monkeypatch)
+
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert [c[c.index("--chip"):] for c in runner.calls] == [
+        ["--chip", "esp32s3", "--port", str(port), "erase_flash"],
+        ["--chip", "esp32s3", "--port", str(port), "--baud", "921600", "write_flash", "0x0",
+         str(fw)]]
+    assert "ESP image for esp32s3" in out and f"flashed esp32s3 on {port}" in out

@@ -6,7 +6,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", required=True, help="serial port of the board (e.g. /dev/ttyUSB0)")
+    parser.add_argument("--port", required=True,
+                        help="serial port of the board (e.g. /dev/ttyUSB0)")
     parser.add_argument("--device-id", required=True, help="this board's id in the fleet")
     parser.add_argument("--broker", required=True, help="MQTT broker host the board connects to")
     parser.add_argument("--fleet", default="demo", help="fleet name (default: demo)")

@@ -3,7 +3,9 @@
 #   micropython mkfsimg.py OUT.img HOSTFILE[:DEST] ... [@fill:DEST:BYTES] ...
 # `@fill:DEST:BYTES` adds a file of BYTES zero bytes (e.g. to fill the filesystem).
 # Preload it with `emulate start`'s fs_image (qemu -device loader,addr=0x20000000).
-import sys, vfs
+import sys
+
+import vfs
 
 SIZE, BS = 2 * 1024 * 1024, 512
 
