@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,6 +126,8 @@ def firmware(build: bool = True) -> Path:
     tree = _tree()
     jobs = str(os.cpu_count() or 1)
     log = EMU_CACHE / f"build-{_patch_id()}.log"
+    print(f"building the emulated board ({BOARD}, about a minute; log {log})",
+          file=sys.stderr, flush=True)
     env = {k: v for k, v in os.environ.items() if k != "VARIANT"}  # make reads VARIANT
     with log.open("w") as out:
         for args in (["make", "-C", str(tree / "mpy-cross"), "-j", jobs],

@@ -71,14 +71,14 @@ def run(port: str, commands: Sequence[str], timeout: float = DEFAULT_TIMEOUT,
 
 
 def exec_json(port: str, code: str, timeout: float = DEFAULT_TIMEOUT,
-              extra: Sequence[str] = ()) -> object:
-    """Run `code` on the board (after any `extra` mpremote commands, which must end in
-    "+"); its last printed line is JSON, returned decoded.
+              after: Sequence[str] = ()) -> object:
+    """Run `code` on the board (then the mpremote commands `after`, e.g. ["reset"]); the
+    last line `code` prints is JSON, returned decoded.
 
     Raises:
         TinyFleetError: mpremote failed, or the code raised or printed no JSON.
     """
-    proc = run(port, [*extra, "exec", code], timeout=timeout)
+    proc = run(port, ["exec", code, *(["+", *after] if after else [])], timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if lines:
         try:

@@ -189,6 +189,20 @@ def test_inspect_reads_model_header_and_status(port: str, run_cli, files, tmp_pa
         board_mp.run(port, ["rm", ":model.bin", "+", "rm", ":status.json"])
 
 
+def test_inspect_restarts_the_board_unless_told_not_to(port: str, run_cli, tmp_path) -> None:
+    main_py = tmp_path / "main.py"
+    main_py.write_text("import os\nwith open('ran.txt', 'w') as f:\n    f.write('1')\n")
+    board_mp.run(port, ["cp", str(main_py), ":main.py", "+", "exec",
+                        "import os\ntry: os.remove('ran.txt')\nexcept OSError: pass"])
+
+    assert run_cli("inspect", "--port", port, "--no-restart")[0] == 0
+    assert board_mp.exec_json(port, "import os; print(int('ran.txt' in os.listdir()))") == 0
+
+    assert run_cli("inspect", "--port", port)[0] == 0  # reads, then resets: main.py runs
+    assert board_mp.exec_json(port, "import os; print(int('ran.txt' in os.listdir()))") == 1
+    board_mp.run(port, ["rm", ":ran.txt", "+", "rm", ":main.py"])
+
+
 def test_selftest_bit_exact_and_allocation_free(port: str, run_cli, files) -> None:
     rc, out, err = run_cli(*deploy_args(port, "--no-reset"))
     assert rc == 0, err

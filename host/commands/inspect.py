@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per reading")
     parser.add_argument("--watch", type=float, metavar="SECS",
                         help="read again every SECS seconds until Ctrl-C")
+    parser.add_argument("--no-restart", action="store_true",
+                        help="leave the board at its REPL (by default it is reset after each "
+                        "reading, because reading it over serial interrupts main.py)")
 
 
 def _text(report: dict[str, object]) -> str:
@@ -36,8 +39,9 @@ def _text(report: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def read(port: str) -> dict[str, object]:
-    """The board's inspect report.
+def read(port: str, restart: bool = True) -> dict[str, object]:
+    """The board's inspect report; with `restart`, reset the board afterwards so that
+    TinyFleet (main.py), interrupted by mpremote, starts again.
 
     Raises:
         TinyFleetError: board I/O failed or TinyFleet is not deployed on it.
@@ -47,7 +51,8 @@ def read(port: str) -> dict[str, object]:
 
     try:
         report = board_mp.exec_json(port, "import inspect; inspect.main()",
-                                    timeout=board_mp.PROBE_TIMEOUT + 15)
+                                    timeout=board_mp.PROBE_TIMEOUT + 15,
+                                    after=["reset"] if restart else [])
     except TinyFleetError as exc:
         if "no module named 'inspect'" in str(exc).lower() or "has no attribute" in str(exc):
             raise TinyFleetError(f"TinyFleet is not deployed on {port} (no inspect module); "
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     while True:
-        report = read(args.port)
+        report = read(args.port, restart=not args.no_restart)
         print(json.dumps(report) if args.json else _text(report), flush=True)
         if not args.watch:
             return 0
