@@ -388,6 +388,9 @@ def evaluate_init(w_q24: Sequence[int] | I64, sizes: Sequence[int], tasks: int =
     """Mean held-out MSE of an init (e.g. a fleet's final global weights) after `steps`
     adaptation steps on 10 shots, with the boards' arithmetic by default.
 
+    w_q24: Q24 master weights (ints, or floats in Q24 units, rounded as to_master does).
+    Pass `held` to score several inits on the same tasks without rebuilding them.
+
     Returns {steps: MSE averaged over tasks}; steps 0 is before adaptation.
 
     Raises:
@@ -397,6 +400,8 @@ def evaluate_init(w_q24: Sequence[int] | I64, sizes: Sequence[int], tasks: int =
     if w.shape != (ref.n_params(sizes),):
         raise ValueError(f"weights have shape {w.shape}, {list(sizes)} needs "
                          f"({ref.n_params(sizes)},)")
+    if w.dtype.kind == "f":  # a coordinator's float θ in Q24 units: as it would send it
+        w = to_master(w)
     held = held or HeldOutSet.make(tasks, seed=seed)
     res = adapt(to_arith(w, arith), held, sizes, arith, steps, lr_shift)
     return {n: float(v.mean()) for n, v in res.items()}

@@ -254,6 +254,8 @@ def test_evaluate_init_is_the_random_row_and_checks_shape() -> None:
     held = metaeval.HeldOutSet.make(20)
     want = metaeval.adapt(theta, held, SIZES, "fixed", (0, 8), 6)
     assert got == {0: pytest.approx(want[0].mean()), 8: pytest.approx(want[8].mean())}
+    # A coordinator's float θ (Q24 units) is rounded to masters first: 0.4 off changes nothing.
+    assert metaeval.evaluate_init(theta + 0.4, SIZES, steps=(0, 8), held=held) == got
     with pytest.raises(ValueError, match="shape"):
         metaeval.evaluate_init(theta[:-1], SIZES, tasks=2)
 
