@@ -304,7 +304,7 @@ def apply(plan: Plan, port: str, progress: Callable[[str], None] = print,
             if '"ok": true' not in proc.stdout:
                 _cleanup(port, tmps)
                 raise TinyFleetError(board_mp.explain(port, proc.stdout + proc.stderr))
-    if reset:
+    if reset:  # even when nothing changed: the probe's mpremote call interrupted main.py
         board_mp.run(port, ["reset"], timeout=30)
 
 
