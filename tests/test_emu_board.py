@@ -267,6 +267,17 @@ def test_dry_run_changes_nothing(port: str, run_cli, files) -> None:
     assert board_files(port) == before
 
 
+def test_board_without_tinyfleet(run_cli, tmp_path) -> None:
+    state = board_emu.start(tmp_path / "run")  # a fresh board: empty filesystem
+    try:
+        rc, out, err = run_cli("inspect", "--port", state.port)
+        assert rc == 1 and "TinyFleet is not deployed on" in err and err.count("\n") == 1
+        rc, out, err = run_cli("selftest", "--port", state.port)
+        assert rc == 1 and "run tinyfleet deploy first" in err and err.count("\n") == 1
+    finally:
+        board_emu.stop(tmp_path / "run")
+
+
 def test_busy_port(port: str, run_cli) -> None:
     with serial.Serial(port, exclusive=True):
         rc, out, err = run_cli("inspect", "--port", port)
