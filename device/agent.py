@@ -187,6 +187,7 @@ class Device:
         self.samples += r.k
         self.rounds += 1
         loss_q12 = (err // r.k) >> 4  # Q16 -> Q12
+        gc.collect()  # the update needs ~15 KB for a moment: start from a tidy heap
         blob = weights.encode(net.weights, self.sizes, weights.DTYPE_Q12, self.gver)
         frames = wire.encode_update(self.model_id, r.round, self.cfg["id"], r.k, loss_q12,
                                     blob, key=self.key)
@@ -210,7 +211,12 @@ class Device:
 
     def publish_status(self, state="online"):
         self.dirty = False
-        self.link.publish(self.t_status, json.dumps(self.status(state)), retain=True)
+        try:
+            msg = json.dumps(self.status(state))
+        except MemoryError:
+            gc.collect()
+            msg = '{"id": "%s", "state": "%s", "reason": "low memory"}' % (self.cfg["id"], state)
+        self.link.publish(self.t_status, msg, retain=True)
 
     # -- the loop --------------------------------------------------------------------
     def learn(self):
@@ -241,7 +247,12 @@ class Device:
                 t_poll = now
                 link.poll()
                 if self.pending is not None:
-                    self.run_round()
+                    try:
+                        self.run_round()
+                    except MemoryError:
+                        self.pending = None
+                        gc.collect()
+                        self.reject("round skipped: out of memory encoding the update")
             if (every and self.samples % every == 0) or self.dirty:
                 self.publish_status()
             if period:
