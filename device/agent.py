@@ -81,6 +81,7 @@ class Device:
         self.b_round = self.t_round.encode()
         self.t_status = wire.topic_status(fleet, dev)
         self.t_update = wire.topic_update(fleet, dev)
+        self.t_td = wire.topic_td(fleet, dev)
         will = json.dumps({"id": dev, "state": "offline"})
         self.link = Link(cfg, self.on_msg, (self.t_global, self.t_round), self.t_status,
                          will, on_connect=self.on_connect, on_drop=self.on_drop, log=log)
@@ -88,6 +89,35 @@ class Device:
     # -- messages (called from inside the MQTT client; the payload is only borrowed) ---
     def on_connect(self, link):
         self.publish_status("online")
+        try:
+            link.publish(self.t_td, json.dumps(self.thing_description()), retain=True)
+        except MemoryError:
+            gc.collect()  # the description is a nicety; the status above is what counts
+
+    def thing_description(self):
+        """A small W3C WoT Thing Description of this device and its model (DESIGN §5)."""
+        import sys
+
+        c = self.cfg
+        base = "mqtt://%s:%d/" % (c["broker"], c["port"])
+        return {
+            "@context": ["https://www.w3.org/2022/wot/td/v1.1",
+                         {"sosa": "http://www.w3.org/ns/sosa/"}],
+            "@type": "sosa:Platform",
+            "id": "urn:tinyfleet:%s:%s" % (c["fleet"], c["id"]),
+            "title": c["id"],
+            "securityDefinitions": {"basic_sc" if c["user"] else "nosec_sc":
+                                    {"scheme": "basic" if c["user"] else "nosec"}},
+            "security": "basic_sc" if c["user"] else "nosec_sc",
+            "properties": {"status": {"type": "object", "readOnly": True, "observable": True,
+                                      "forms": [{"href": base + self.t_status,
+                                                 "op": "observeproperty"}]}},
+            "tinyfleet": {"platform": sys.platform, "runtime": "MicroPython %s" % (
+                ".".join(str(v) for v in sys.implementation.version[:3])),
+                "heap": gc.mem_free() + gc.mem_alloc(), "kernel": self.net.kernel,
+                "model": {"name": c["model"], "sizes": list(self.sizes), "params": self.n,
+                          "task": "sine regression", "weights": "int32 Q24 / wire int16 Q12"}},
+        }
 
     def on_drop(self, topic, size, why):
         self.reject("%s message on %s (%d bytes)" % (why, _s(topic), size))

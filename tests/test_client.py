@@ -88,6 +88,11 @@ def test_client_lifecycle(device: tuple[Device, Watcher], mosquitto: EmbeddedBro
     t_online = time.monotonic()
     assert first["id"] == DEV and first["version"] == 0 and first["kernel"] in (
         "viper", "bytecode"), first
+    td = w.wait_for(lambda t, p: t == wire.topic_td(FLEET, DEV), 10)
+    assert td is not None and td[2] is False
+    desc = json.loads(td[1])
+    assert desc["id"] == f"urn:tinyfleet:{FLEET}:{DEV}" and desc["tinyfleet"]["model"][
+        "params"] == reference.n_params(SIZES), desc
 
     # -- adopts an intact, authentic, newer global model (and persists it) ------------
     frame2, crc2 = global_frame(2, seed=11)
