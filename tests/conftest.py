@@ -4,11 +4,12 @@ board filesystem holding the real device/ and shared/ code."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tinyfleet import upy
+from tinyfleet.broker import EmbeddedBroker, find_mosquitto
 
 
 @pytest.fixture(params=["64", "32"], ids=["upy64", "upy32"])
@@ -56,3 +57,19 @@ class UpyRunner:
 @pytest.fixture
 def upy_runner(board_root: Path) -> UpyRunner:
     return UpyRunner(board_root)
+
+
+@pytest.fixture
+def mosquitto(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
+    """A real Mosquitto on a free loopback port, stopped after the test.
+
+    Parametrize indirectly with an int to set its per-client queue limit
+    (max_queued_messages; default 100,000, as the coordinator's broker config).
+    """
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed (tools/bootstrap installs it)")
+    broker = EmbeddedBroker(max_queued=getattr(request, "param", 100_000)).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -1,29 +1,15 @@
-"""The embedded Mosquitto broker, and the `mosquitto` fixture other coord tests import."""
+"""The embedded Mosquitto broker (the `mosquitto` fixture is in conftest.py)."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
-from tinyfleet.broker import EmbeddedBroker, find_mosquitto, parse_broker, render_config
+from tinyfleet.broker import EmbeddedBroker, parse_broker, render_config
 from tinyfleet.errors import TinyFleetError
-
-
-@pytest.fixture
-def mosquitto(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
-    """A real Mosquitto on a free loopback port, stopped after the test."""
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed (tools/bootstrap installs it)")
-    max_queued = getattr(request, "param", 100_000)
-    broker = EmbeddedBroker(max_queued=max_queued).start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def connect(broker: EmbeddedBroker, client_id: str) -> mqtt.Client:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_broker import mosquitto  # noqa: F401  (coord's fixture: a real Mosquitto)
 from tfshared import weights, wire
 from tinyfleet import reference
 from tinyfleet.broker import EmbeddedBroker, find_mosquitto

@@ -5,11 +5,9 @@ the update frames captured on the broker."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from tfshared import weights, wire
 from tinyfleet.broker import EmbeddedBroker
 from tinyfleet.checkpoint import Checkpoint
@@ -19,12 +17,6 @@ from tinyfleet.fleet import Fleet, Watcher
 SIZES = (1, 8, 1)
 FLEET, MODEL = "e2e", "sine"
 KEY = "e2e-fleet-key"
-
-
-@pytest.fixture
-def mosquitto() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as broker:
-        yield broker
 
 
 def test_fedavg_rounds_with_micropython_devices(mosquitto: EmbeddedBroker, tmp_path: Path):

@@ -127,13 +127,6 @@ class GlobalWatcher:
 
 
 @pytest.fixture
-def mosquitto() -> Iterator[EmbeddedBroker]:
-    """A real Mosquitto on a free loopback port (as in test_broker.py)."""
-    with EmbeddedBroker() as broker:
-        yield broker
-
-
-@pytest.fixture
 def fleet(mosquitto: EmbeddedBroker) -> Iterator[Callable[[str, Plan], FakeDevice]]:
     devices: list[FakeDevice] = []
 

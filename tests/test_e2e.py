@@ -8,7 +8,6 @@ import io
 import json
 from pathlib import Path
 
-from test_broker import mosquitto  # noqa: F401  (coord's fixture: a real Mosquitto)
 from tinyfleet.broker import EmbeddedBroker
 from tinyfleet.simulate import SimConfig, run
 
