@@ -1,6 +1,7 @@
 """A small line chart written as a PNG with zlib only (no matplotlib dependency).
 
-Enough for a loss curve: axes, grid, several series, tick labels in a 3x5 pixel font.
+Enough for a loss curve: axes, grid, several series, a title, axis titles and a legend
+in a 3x5 pixel font (digits, lower-case letters as capitals, a little punctuation).
 """
 
 from __future__ import annotations
@@ -21,7 +22,18 @@ _FONT = {
     "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
     "6": "111100111101111", "7": "111001001010010", "8": "111101111101111",
     "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-    "e": "000111111100111", " ": "000000000000000",
+    " ": "000000000000000", "a": "010101111101101", "b": "110101110101110",
+    "c": "011100100100011", "d": "110101101101110", "e": "111100111100111",
+    "f": "111100111100100", "g": "011100101101011", "h": "101101111101101",
+    "i": "111010010010111", "j": "001001001101010", "k": "101101110101101",
+    "l": "100100100100111", "m": "101111111101101", "n": "110101101101101",
+    "o": "010101101101010", "p": "110101110100100", "q": "010101101110011",
+    "r": "110101110101101", "s": "011100010001110", "t": "111010010010010",
+    "u": "101101101101111", "v": "101101101101010", "w": "101101111111101",
+    "x": "101101010101101", "y": "101101010010010", "z": "111001010100111",
+    "(": "010100100100010", ")": "010001001001010", "=": "000111000111000",
+    ":": "000010000010000", "/": "001001010100100", ",": "000000000010100",
+    "+": "000010111010000", "_": "000000000000111", "'": "010010000000000",
 }
 
 
@@ -59,7 +71,7 @@ class Canvas:
 
     def text(self, x: int, y: int, s: str, c: RGB = (0, 0, 0), scale: int = 2) -> None:
         for ch in s:
-            bits = _FONT.get(ch, _FONT[" "])
+            bits = _FONT.get(ch.lower(), _FONT[" "])
             for k, b in enumerate(bits):
                 if b == "1":
                     for a in range(scale):
@@ -89,17 +101,25 @@ def _fmt(v: float) -> str:
 
 
 def line_chart(series: Sequence[Sequence[tuple[float, float]]], path: Path,
-               width: int = 640, height: int = 400, log_y: bool = False) -> Path:
+               width: int = 640, height: int = 400, log_y: bool = False,
+               labels: Sequence[str] = (), title: str = "", xlabel: str = "",
+               ylabel: str = "") -> Path:
     """Draw each series (list of (x, y) points; NaN/inf skipped) in PALETTE order.
 
-    The legend lives in the caller's markdown (the font has digits only). Returns `path`.
+    `labels` name the series in a legend under the plot; `title` goes above it,
+    `ylabel` above the y axis, `xlabel` under the x axis. Returns `path`.
     """
     pts = [[(x, y) for x, y in s if math.isfinite(x) and math.isfinite(y)
             and (y > 0 or not log_y)] for s in series]
     allp = [p for s in pts for p in s]
+    left, right, top, bottom = 70, 20, 20 + (24 if title else 0) + (20 if ylabel else 0), 40
+    if xlabel:
+        bottom += 20
+    legend_top = height - 4
+    if labels:
+        height += 16 * len(labels) + 8  # the legend gets its own rows under the plot
     c = Canvas(width, height)
-    left, right, top, bottom = 70, 20, 20, 40
-    pw, ph = width - left - right, height - top - bottom
+    pw, ph = width - left - right, legend_top + 4 - top - bottom
     if allp:
         fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
         xs = [p[0] for p in allp]
@@ -138,5 +158,20 @@ def line_chart(series: Sequence[Sequence[tuple[float, float]]], path: Path,
                         c.set(x + dx, y + dy, color)
     c.line(left, top, left, top + ph, (0, 0, 0))
     c.line(left, top + ph, left + pw, top + ph, (0, 0, 0))
+    if title:
+        c.text(left, 8, title)
+    if ylabel:
+        c.text(4, top - 24, ylabel)
+    if xlabel:
+        c.text(left + pw // 2 - 4 * len(xlabel), top + ph + 30, xlabel)
+    _legend(c, labels, left, legend_top)
     path.write_bytes(c.png())
     return path
+
+
+def _legend(c: Canvas, labels: Sequence[str], left: int, top: int) -> None:
+    """A legend in rows from (left, top): a colour swatch and a label per series."""
+    for i, label in enumerate(labels):
+        y = top + 8 + 16 * i
+        c.line(left, y, left + 18, y, PALETTE[i % len(PALETTE)], thick=3)
+        c.text(left + 26, y - 5, label)
