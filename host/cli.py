@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect", "a board's firmware, model, learning state, memory and config"),
     "repl": ("repl", "open mpremote's REPL on a board"),
     "selftest": ("selftest", "run the kernels on a board against the integer reference"),
+    "devices": ("devices", "boards in the semantic registry: self-descriptions, WoT TDs"),
+    "models": ("models", "model cards in the semantic registry (needs, quality, lineage)"),
+    "match": ("match", "which boards can run a model, and why the others cannot"),
 }
 
 
