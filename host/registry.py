@@ -215,7 +215,8 @@ def where(rows: Sequence[Mapping[str, Any]], conds: Sequence[Cond]) -> list[Mapp
 
 def device_fields(d: Description, last_seen: float = 0.0) -> dict[str, Any]:
     """A board as the flat row --where filters and the tables print."""
-    return {"id": d.id, "fleet": d.fleet, "board": d.board, "mcu": d.mcu,
+    return {"id": d.id, "fleet": d.fleet, "board": d.board, "mcu": d.mcu, "port": d.port,
+            "clock": d.clock,
             "runtime": d.runtime, "version": d.version, "ram": d.ram, "ram_free": d.ram_free,
             "flash": d.flash, "flash_free": d.flash_free, "kernel": d.kernel,
             "kernels": list(d.kernels),
@@ -450,7 +451,9 @@ def to_graph(devices: Sequence[DeviceRecord], cards: Sequence[Mapping[str, Any]]
         g.add((s, RDF.type, TD.Thing))
         g.add((s, RDF.type, SOSA.Platform))
         g.add((s, TD.title, Literal(d.id)))
-        for k, v in (("board", d.board), ("mcu", d.mcu), ("runtime", d.runtime),
+        for k, v in (("board", d.board), ("mcu", d.mcu), ("port", d.port),
+                     ("clockHz", d.clock), ("tinyfleetVersion", d.tinyfleet),
+                     ("runtime", d.runtime),
                      ("runtimeVersion", d.version), ("ram", d.ram), ("ramFree", d.ram_free),
                      ("flash", d.flash), ("flashFree", d.flash_free), ("kernel", d.kernel),
                      ("fleet", d.fleet), ("model", d.model.name),
@@ -465,6 +468,7 @@ def to_graph(devices: Sequence[DeviceRecord], cards: Sequence[Mapping[str, Any]]
             g.add((n, RDF.type, SOSA.Sensor))
             g.add((n, RDFS.label, Literal(sen.name)))
             g.add((n, SOSA.observes, TF[sen.observes]))
+            g.add((n, TF.virtual, Literal(sen.virtual)))
     for c in cards:
         m = URIRef(f"urn:tinyfleet:model:{c.get('id', c.get('name'))}")
         req = c.get("requirements", {})

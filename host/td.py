@@ -11,18 +11,21 @@ function. Accepted keys (aliases in brackets; unknown keys are dropped and named
 
     id          device id (topic segment, [A-Za-z0-9_.:-]{1,64})         required
     fleet       fleet name                                               optional
-    board       board / port name [platform]        e.g. 'esp32', 'rp2', 'linux'
-    mcu         MCU / machine string [machine]
+    board       board name [platform]        e.g. 'Generic ESP32 module', 'linux'
+    mcu         MCU / machine string [machine]             e.g. 'ESP32', 'Cortex-M3'
+    port        MicroPython port (sys.platform);  clock  CPU Hz;  mpy  .mpy format number
+    tinyfleet   TinyFleet version deployed (a string)
     runtime     'MicroPython 1.25.0' or 'MicroPython'; version [micropython] '1.25.0'
     ram         heap size, bytes [heap];  ram_free bytes free [mem_free]
     flash       filesystem size, bytes [fs, fs_size];  flash_free [fs_free]
     kernels     kernels the board offers, e.g. ['viper', 'bytecode'];  kernel (in use)
-    sensors     ['temperature', ...] or [{'name':, 'observes':, 'unit':}, ...]
+    sensors     ['temperature', ...] or [{'name':, 'observes':, 'unit':, 'virtual':}]
     model       {'name', 'sizes', 'params', 'version'} of the model it runs
     security    'nosec' | 'basic';  broker 'host:port' (the forms' authority)
 
-A whole TD carrying these under a "tinyfleet" member (the first agent's format) is
-accepted too. Reference: W3C WoT Thing Description 1.1, https://www.w3.org/TR/wot-thing-description11/;
+A whole TD carrying these under a "tinyfleet" object (the first agent's format) is
+accepted too. device/describe.py's docstring is the board side of this contract.
+Reference: W3C WoT Thing Description 1.1, https://www.w3.org/TR/wot-thing-description11/;
 SOSA/SSN, https://www.w3.org/TR/vocab-ssn/; WoT MQTT binding,
 https://w3c.github.io/wot-binding-templates/bindings/protocols/mqtt/.
 """
@@ -57,8 +60,9 @@ _VERSION = re.compile(r"(\d{1,3})\.(\d{1,3})(?:\.(\d{1,3}))?")
 _ALIASES = {"platform": "board", "machine": "mcu", "heap": "ram", "mem_free": "ram_free",
             "fs": "flash", "fs_size": "flash", "fs_free": "flash_free",
             "micropython": "version"}
-_KNOWN = {"id", "fleet", "board", "mcu", "runtime", "version", "ram", "ram_free", "flash",
-          "flash_free", "kernels", "kernel", "sensors", "model", "security", "broker"}
+_KNOWN = {"id", "fleet", "board", "mcu", "port", "clock", "mpy", "tinyfleet", "runtime",
+          "version", "ram", "ram_free", "flash", "flash_free", "kernels", "kernel", "sensors",
+          "model", "security", "broker"}
 
 
 class DescriptionError(ValueError):
@@ -72,6 +76,7 @@ class Sensor:
     name: str
     observes: str
     unit: str = ""
+    virtual: bool = False  # simulated (the sine task's data source), not hardware
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,10 @@ class Description:
     fleet: str = ""
     board: str = ""
     mcu: str = ""
+    port: str = ""             # sys.platform: 'esp32', 'rp2', 'linux'
+    clock: int = 0             # CPU clock, Hz (0: unknown)
+    mpy: int = 0               # sys.implementation._mpy (0: unknown)
+    tinyfleet: str = ""        # TinyFleet version deployed on the board
     runtime: str = "MicroPython"
     version: str = ""          # runtime version, 'major.minor.patch'
     ram: int = 0               # bytes (0: unknown)
@@ -192,7 +201,10 @@ def _sensor(v: Any, i: int) -> Sensor:
     name = _str(v.get("name"), f"sensors[{i}].name", _WORD)
     observes = _str(v.get("observes", name), f"sensors[{i}].observes", _WORD)
     unit = _str(v.get("unit", ""), f"sensors[{i}].unit") if v.get("unit") else ""
-    return Sensor(name, observes, unit)
+    virtual = v.get("virtual", False)
+    if not isinstance(virtual, bool):
+        raise DescriptionError(f"sensors[{i}].virtual: expected true or false")
+    return Sensor(name, observes, unit, virtual)
 
 
 def _model(v: Any) -> ModelInfo:
@@ -269,6 +281,10 @@ def sanitize(raw: bytes | str | Mapping[str, Any], device: str | None = None) ->
         fleet=_str(out.get("fleet", ""), "fleet", _WORD) if out.get("fleet") else "",
         board=_str(out.get("board", ""), "board"),
         mcu=_str(out.get("mcu", ""), "mcu"),
+        port=_str(out.get("port", ""), "port", _WORD) if out.get("port") else "",
+        clock=_int(out.get("clock", 0), "clock", 1 << 34),
+        mpy=_int(out.get("mpy", 0), "mpy", 1 << 32),
+        tinyfleet=_str(out.get("tinyfleet", ""), "tinyfleet"),
         runtime=runtime, version=version,
         ram=_int(out.get("ram", 0), "ram"), ram_free=_int(out.get("ram_free", 0), "ram_free"),
         flash=_int(out.get("flash", 0), "flash"),
@@ -330,14 +346,14 @@ def expand(d: Description, fleet: str | None = None, broker: str | None = None) 
                        f"{d.runtime} {d.version}".strip(),
         "securityDefinitions": {sec: scheme},
         "security": sec,
-        "tf:board": d.board, "tf:mcu": d.mcu,
+        "tf:board": d.board, "tf:mcu": d.mcu, "tf:port": d.port, "tf:clockHz": d.clock,
         "tf:runtime": d.runtime, "tf:runtimeVersion": d.version,
         "tf:ram": d.ram, "tf:ramFree": d.ram_free,
         "tf:flash": d.flash, "tf:flashFree": d.flash_free,
         "tf:kernels": list(d.kernels), "tf:kernel": d.kernel,
         "ssn:hasSubSystem": [
             {"@id": f"{tid}:sensor:{s.name}", "@type": "sosa:Sensor", "title": s.name,
-             "sosa:observes": {"@id": f"tf:{s.observes}"},
+             "sosa:observes": {"@id": f"tf:{s.observes}"}, "tf:virtual": s.virtual,
              **({"tf:unit": s.unit} if s.unit else {})}
             for s in d.sensors],
         "properties": {

@@ -19,7 +19,9 @@ BOARD = {"id": "esp-1", "fleet": "demo", "board": "esp32s3", "mcu": "ESP32S3 mod
          "runtime": "MicroPython 1.25.0", "ram": 300_000, "ram_free": 180_000,
          "flash": 4_000_000, "flash_free": 2_000_000, "kernels": ["viper", "bytecode"],
          "kernel": "viper",
-         "sensors": ["sine", {"name": "bme280", "observes": "temperature", "unit": "Cel"}],
+         "port": "esp32", "clock": 240_000_000, "mpy": 1798, "tinyfleet": "0.1.0",
+         "sensors": [{"name": "sine", "observes": "sine", "virtual": True},
+                     {"name": "bme280", "observes": "temperature", "unit": "Cel"}],
          "model": {"name": "sine", "sizes": [1, 40, 40, 1], "params": 1761, "version": 3},
          "security": "basic", "broker": "10.0.0.2:1883"}
 
@@ -30,8 +32,9 @@ def test_sanitize_keeps_typed_fields() -> None:
         ("esp-1", "demo", "esp32s3", "MicroPython", "1.25.0")
     assert (d.ram, d.ram_free, d.flash, d.flash_free) == (300_000, 180_000, 4_000_000, 2_000_000)
     assert d.kernels == ("viper", "bytecode")
-    assert [(s.name, s.observes, s.unit) for s in d.sensors] == \
-        [("sine", "sine", ""), ("bme280", "temperature", "Cel")]
+    assert [(s.name, s.observes, s.unit, s.virtual) for s in d.sensors] == \
+        [("sine", "sine", "", True), ("bme280", "temperature", "Cel", False)]
+    assert (d.port, d.clock, d.mpy, d.tinyfleet) == ("esp32", 240_000_000, 1798, "0.1.0")
     assert d.model == td.ModelInfo("sine", (1, 40, 40, 1), 1761, 3)
     assert d.dropped == ()
     # The stored JSON form sanitizes back to the same record.
@@ -81,6 +84,8 @@ HOSTILE: list[tuple[str, Any]] = [
     ("bad security", b'{"id": "x", "security": "none-at-all"}'),
     ("bad broker", b'{"id": "x", "broker": "evil.example/path?x"}'),
     ("bad version", b'{"id": "x", "version": "latest"}'),
+    ("virtual not a bool", b'{"id": "x", "sensors": [{"name": "s", "virtual": "yes"}]}'),
+    ("clock negative", b'{"id": "x", "clock": -5}'),
 ]
 
 
