@@ -202,7 +202,7 @@ def requirements(mem: dict[str, dict[str, Any]], sensor: str | None) -> dict[str
     itself already runs TinyFleet, so its code is on flash already.
     """
     ram = {k: m["ram"]["total"] for k, m in mem.items()}
-    flash = max(m["flash"]["weights_store"] for m in mem.values())
+    flash = max((m["flash"]["weights_store"] for m in mem.values()), default=0)
     return {"ram": ram, "flash": flash, "sensors": [sensor] if sensor else [],
             "kernels": sorted(mem), "runtime": "MicroPython", "min_version": "1.22"}
 
@@ -256,7 +256,7 @@ def quality(theta: Sequence[float] | Any, sizes: Sequence[int], tasks: int = 50,
 
 
 def lineage(history: Sequence[Any], upto: int) -> dict[str, Any]:
-    """Which rounds and devices produced the global model after round `upto`.
+    """Which rounds and devices produced the global model after checkpoint round `upto`.
 
     history: tinyfleet.checkpoint.RoundRecord list (oldest first).
     """
@@ -267,8 +267,7 @@ def lineage(history: Sequence[Any], upto: int) -> dict[str, Any]:
             "strategy": rounds[-1].strategy if rounds else "",
             "devices": devices,
             "last_round": {"round": rounds[-1].round, "replied": list(rounds[-1].replied),
-                           "epsilon": rounds[-1].epsilon} if rounds else None,
-            "parent": f"v{upto}" if upto >= 1 else None}
+                           "epsilon": rounds[-1].epsilon} if rounds else None}
 
 
 def measure_all(sizes: Sequence[int], classify: bool = False) -> dict[str, dict[str, Any]]:

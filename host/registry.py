@@ -99,7 +99,10 @@ def check(card: Mapping[str, Any], d: Description) -> Verdict:
     have = set(d.kernels or ((d.kernel,) if d.kernel else ("bytecode",)))
     ram_need: dict[str, int] = {k: int(v) for k, v in req.get("ram", {}).items()}
     common = [k for k in ("viper", "ulab", "bytecode") if k in have and k in ram_need]
-    if not common:
+    if not ram_need:  # the card's memory was not measured (no MicroPython where it was made)
+        common = [k for k in ("viper", "ulab", "bytecode") if k in have] or sorted(have)
+        notes.append("model RAM not measured")
+    elif not common:
         reasons.append(f"kernel: board offers {', '.join(sorted(have)) or 'none'}, model "
                        f"measured for {', '.join(sorted(ram_need)) or 'none'}")
     sensors = {s.name for s in d.sensors} | {s.observes for s in d.sensors}
@@ -112,9 +115,10 @@ def check(card: Mapping[str, Any], d: Description) -> Verdict:
         if same:
             kernel = common[0]
             notes.append("runs these layer sizes already (RAM and flash held)")
-        elif not d.ram_free:
+        elif not d.ram_free or not ram_need:
             kernel = common[0]
-            notes.append("free RAM not reported")
+            if not d.ram_free:
+                notes.append("free RAM not reported")
         else:
             fits = [k for k in common if ram_need[k] <= d.ram_free]
             if fits:
@@ -284,6 +288,8 @@ class Registry:
                 raise TinyFleetError(f"{self.path} is an SQLite database but not a TinyFleet "
                                      f"registry (tables: {', '.join(sorted(tables))})")
             self._db.execute("PRAGMA journal_mode=WAL")
+            # No fsync per write: the registry is rebuilt from retained descriptions anyway.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
