@@ -207,14 +207,16 @@ class Device:
         net.set_weights(self.glob)
         old = net.lr_shift
         net.lr_shift = r.lr_shift
-        x, y, data = self.x, self.y, self.data
+        x, y, data, drift = self.x, self.y, self.data, self.drift
         err = 0
         for _ in range(r.k):
             data.read(x, y)
             err += sq_err(net.predict(x)[0], y[0])  # before the step: an honest loss
             net.train_step(x, y)
+            self.samples += 1
+            if drift and self.samples % drift == 0:  # round samples count for drift too
+                data.drift()
         net.lr_shift = old
-        self.samples += r.k
         self.rounds += 1
         loss_q12 = (err // r.k) >> 4  # Q16 -> Q12
         gc.collect()  # the update needs ~15 KB for a moment: start from a tidy heap
