@@ -8,24 +8,54 @@ samples and sends the adapted weights. main.py builds one from config.json and r
 
 import gc
 import json
+import os
 import time
 from array import array
 from binascii import crc32
 
 import datasource
-from client import Link
+import describe
 from micropython import const
 from mlp import MLP
 from store import Store
 from tfshared import hmac, weights, wire
 
+try:
+    from client import Link
+except ImportError as e:  # no socket module (a port without networking) or no umqtt
+    Link = None
+    _NO_NET = "no network stack: %s" % e
+
 _EMA_SHIFT = const(6)  # online loss: exponential average over ~64 samples
 _ERR_MAX = const(65535)  # error clamp for loss tracking: 16.0 in Q12
 _POLL_MS = const(20)  # how often the MQTT socket is looked at while learning
+_SAVE_FIRST_MS = const(1000)  # status.json after 1 s, then 2, 4, ... up to status_save
 
 
 def log(*args):
     print(*args)
+
+
+class Offline:
+    """Stands in for client.Link where MQTT cannot work at all: the device learns alone."""
+
+    up = False
+    connects = 0
+
+    def __init__(self, why):
+        self.why = why
+
+    def ensure(self):
+        return False
+
+    def poll(self):
+        pass
+
+    def publish(self, topic, msg, retain=False, qos=0):
+        return False
+
+    def close(self):
+        pass
 
 
 class Device:
@@ -68,6 +98,7 @@ class Device:
         self.err_ema = 0  # Q16 squared error average
         self.samples = 0
         self.rounds = 0
+        self.last_round = 0  # number of the last round it took part in
         self.accepted = 0
         self.rejected = 0
         self.reason = ""
@@ -82,42 +113,35 @@ class Device:
         self.t_status = wire.topic_status(fleet, dev)
         self.t_update = wire.topic_update(fleet, dev)
         self.t_td = wire.topic_td(fleet, dev)
-        will = json.dumps({"id": dev, "state": "offline"})
-        self.link = Link(cfg, self.on_msg, (self.t_global, self.t_round), self.t_status,
-                         will, on_connect=self.on_connect, on_drop=self.on_drop, log=log)
+        self.status_path = cfg.get("status_file")
+        self.kernels = None  # kernels this port can run, found when first described
+        if Link is None:
+            self.link = Offline(_NO_NET)
+            log("link: offline, learning alone (%s)" % _NO_NET)
+        else:
+            will = json.dumps({"id": dev, "state": "offline"})
+            self.link = Link(cfg, self.on_msg, (self.t_global, self.t_round), self.t_status,
+                             will, on_connect=self.on_connect, on_drop=self.on_drop, log=log)
 
     # -- messages (called from inside the MQTT client; the payload is only borrowed) ---
     def on_connect(self, link):
         self.publish_status("online")
+        self.publish_description()
+
+    def describe(self):
+        """The compact self-description (device/describe.py documents its keys)."""
+        if self.kernels is None:
+            self.kernels = describe.kernels(self.net.kernel)
+        return describe.build(self.cfg, self.sizes, self.n, self.gver, self.net.kernel,
+                              self.kernels)
+
+    def publish_description(self):
+        """Retained on .../td at every connect and model change; the host expands it into
+        a W3C WoT Thing Description (DESIGN §5)."""
         try:
-            link.publish(self.t_td, json.dumps(self.thing_description()), retain=True)
+            self.link.publish(self.t_td, json.dumps(self.describe()), retain=True)
         except MemoryError:
-            gc.collect()  # the description is a nicety; the status above is what counts
-
-    def thing_description(self):
-        """A small W3C WoT Thing Description of this device and its model (DESIGN §5)."""
-        import sys
-
-        c = self.cfg
-        base = "mqtt://%s:%d/" % (c["broker"], c["port"])
-        return {
-            "@context": ["https://www.w3.org/2022/wot/td/v1.1",
-                         {"sosa": "http://www.w3.org/ns/sosa/"}],
-            "@type": "sosa:Platform",
-            "id": "urn:tinyfleet:%s:%s" % (c["fleet"], c["id"]),
-            "title": c["id"],
-            "securityDefinitions": {"basic_sc" if c["user"] else "nosec_sc":
-                                    {"scheme": "basic" if c["user"] else "nosec"}},
-            "security": "basic_sc" if c["user"] else "nosec_sc",
-            "properties": {"status": {"type": "object", "readOnly": True, "observable": True,
-                                      "forms": [{"href": base + self.t_status,
-                                                 "op": "observeproperty"}]}},
-            "tinyfleet": {"platform": sys.platform, "runtime": "MicroPython %s" % (
-                ".".join(str(v) for v in sys.implementation.version[:3])),
-                "heap": gc.mem_free() + gc.mem_alloc(), "kernel": self.net.kernel,
-                "model": {"name": c["model"], "sizes": list(self.sizes), "params": self.n,
-                          "task": "sine regression", "weights": "int32 Q24 / wire int16 Q12"}},
-        }
+            gc.collect()  # the description is a nicety; the status is what counts
 
     def on_drop(self, topic, size, why):
         self.reject("%s message on %s (%d bytes)" % (why, _s(topic), size))
@@ -176,6 +200,7 @@ class Device:
             log(self.reason)
         log("global: adopted v%d" % ver)
         self.publish_status("accepted")
+        self.publish_description()  # it names the model version it runs
 
     def on_round(self, payload):
         if not len(payload):
@@ -218,6 +243,7 @@ class Device:
                 data.drift()
         net.lr_shift = old
         self.rounds += 1
+        self.last_round = r.round
         loss_q12 = (err // r.k) >> 4  # Q16 -> Q12
         gc.collect()  # the update needs ~15 KB for a moment: start from a tidy heap
         blob = weights.encode(net.weights, self.sizes, weights.DTYPE_Q12, self.gver)
@@ -230,16 +256,39 @@ class Device:
         log("round %d: %d steps from v%d, loss %.4f, sent %s" % (
             r.round, r.k, self.gver, loss_q12 / 4096, ok))
         self.dirty = True
+        self.save_status()  # once per round
 
     # -- status ----------------------------------------------------------------------
     def status(self, state):
+        link = self.link
         return {"id": self.cfg["id"], "state": state, "model": self.cfg["model"],
+                "sizes": self.sizes, "params": self.n,
                 "version": self.gver, "samples": self.samples, "rounds": self.rounds,
+                "last_round": self.last_round,
                 "loss": self.err_ema / (1 << 16), "kernel": self.net.kernel,
                 "accepted": self.accepted, "rejected": self.rejected, "reason": self.reason,
+                "net": "up" if link.up else "down: " + link.why,
                 "amp": self.data.amp / 4096, "phase": self.data.phase / 4096,
                 "crc": crc32(self.glob) & 0xFFFFFFFF,  # which global weights it holds
                 "mem_free": gc.mem_free()}
+
+    def save_status(self, state=None):
+        """Write the status dict to status.json atomically, for `tinyfleet inspect`.
+
+        Called once per round, on a timer (never per step: flash wear) and on exit."""
+        path = self.status_path
+        if not path:
+            return
+        if state is None:
+            state = "online" if self.link.up else "offline"
+        try:
+            text = json.dumps(self.status(state))
+            write_atomic(path, text)
+        except (OSError, MemoryError) as e:  # flash full or failing: learning goes on
+            gc.collect()
+            log("status: not saved (%r)" % e)
+            return
+        log("status:", text)
 
     def publish_status(self, state="online"):
         self.dirty = False
@@ -263,15 +312,31 @@ class Device:
             self.data.drift()  # a new task: amplitude and phase drawn afresh
 
     def run(self):
+        """Learn and serve until max_samples (forever by default). Without a broker (or
+        without any network) it keeps learning; the link retries with backoff."""
+        try:
+            self._run()
+        except KeyboardInterrupt:  # Ctrl-C, e.g. mpremote taking over the REPL
+            self.save_status("stopped")
+            raise
+        self.save_status("stopped")
+        self.publish_status("stopped")
+        self.link.close()
+
+    def _run(self):
         cfg = self.cfg
         rate = cfg.get("rate", 50)
         period = 1000 // rate if rate else 0
         every = cfg["status_every"]
         limit = cfg["max_samples"]
+        save_max = cfg["status_save"] * 1000
         link = self.link
         link.ensure()
+        self.save_status()
         t_poll = time.ticks_ms()
         t_next = t_poll
+        t_save = t_poll
+        save_gap = min(_SAVE_FIRST_MS, save_max)
         while not limit or self.samples < limit:
             self.learn()
             now = time.ticks_ms()
@@ -287,6 +352,10 @@ class Device:
                         self.reject("round skipped: out of memory encoding the update")
             if (every and self.samples % every == 0) or self.dirty:
                 self.publish_status()
+            if save_gap and time.ticks_diff(now, t_save) >= save_gap:
+                t_save = now
+                save_gap = min(2 * save_gap, save_max)  # soon after boot, then rarely
+                self.save_status()
             if period:
                 t_next = time.ticks_add(t_next, period)
                 d = time.ticks_diff(t_next, time.ticks_ms())
@@ -294,8 +363,22 @@ class Device:
                     time.sleep_ms(d)
                 else:
                     t_next = time.ticks_ms()  # fell behind (a round): do not try to catch up
-        self.publish_status("stopped")
-        link.close()
+
+
+def write_atomic(path, text):
+    """Replace `path` by `text` via path.tmp and a rename, as store.py does: a reader (or
+    a power cut) sees the old file or the new one, never half of one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    try:
+        os.rename(tmp, path)
+    except OSError:  # FAT: the target exists
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        os.rename(tmp, path)
 
 
 def parse_key(text):

@@ -301,9 +301,12 @@ class Link:
         self.mqtt = None
         self.buf = bytearray(cfg["max_msg"])  # allocated once for every session
         self.skip = bytearray(_SKIP)
-        self.backoff = Backoff()
+        # A board without its broker learns alone: waiting up to 30 s between attempts
+        # keeps the time lost in blocking connects small.
+        self.backoff = Backoff(cap=30.0)
         self.next_try = time.ticks_ms()
         self.connects = 0
+        self.why = "not connected yet"  # why the link is down (status reports it)
 
     @property
     def up(self):
@@ -327,6 +330,7 @@ class Link:
             m.close()
             raise
         self.connects += 1
+        self.why = ""
         self.backoff.reset()
         if self.on_connect:
             self.on_connect(self)
@@ -334,6 +338,7 @@ class Link:
     def drop(self, why):
         if self.mqtt is not None:
             self.log("link: lost (%s)" % why)
+            self.why = "lost (%s)" % why
             self.mqtt.close()
             self.mqtt = None
             self.next_try = time.ticks_add(time.ticks_ms(), int(self.backoff.delay() * 1000))
@@ -348,6 +353,7 @@ class Link:
         except Exception as e:  # noqa: BLE001 - never let a failed connect stop learning
             delay = self.backoff.delay()
             self.next_try = time.ticks_add(time.ticks_ms(), int(delay * 1000))
+            self.why = "connect failed (%r)" % e
             self.log("link: connect failed (%r), retry in %.1f s" % (e, delay))
         return self.mqtt is not None
 

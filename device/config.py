@@ -13,6 +13,14 @@ Keys (all optional except `id`):
   status_every                samples between status publications (0: only on events)
   max_samples                 stop after this many samples (0: run forever; for tests)
   state                       file that persists the accepted global model
+  status_file                 where the agent writes its status for `tinyfleet inspect`
+                              (written atomically; None: not written)
+  status_save                 seconds between status_file writes (1 s after start, then
+                              doubling up to this; also once per round and on exit;
+                              0: rounds and exit only). Never per step: flash wear
+  sensors                     sensors the board declares in its self-description, e.g.
+                              ["temperature"] (None: the data source's virtual sensor)
+  tinyfleet_version           written by `tinyfleet deploy`
 """
 
 import json
@@ -39,6 +47,10 @@ DEFAULTS = {
     "max_samples": 0,
     "rate": 50,
     "state": "model.bin",
+    "status_file": "status.json",
+    "status_save": 60,
+    "sensors": None,
+    "tinyfleet_version": None,
 }
 
 

@@ -11,17 +11,21 @@ import os
 import sys
 
 _SECRETS = ("password", "fleet_key", "wifi_password")
-# Written by the device client (optional): the same dict it publishes as its status.
+# Written by the agent (device/agent.py save_status: atomically, 1 s after start, then at
+# most every status_save seconds, once per round and on exit): its status dict.
 STATUS_FILE = "status.json"
 CONFIG_FILE = "config.json"
 
 
-def _load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+def _load(path, twin=False):
+    """The JSON in `path` (or, with `twin`, in path.tmp when a FAT rename was cut short)."""
+    for p in (path, path + ".tmp") if twin else (path,):
+        try:
+            with open(p) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            pass
+    return None
 
 
 def _model(path):
@@ -54,7 +58,6 @@ def report():
     """The inspect dict (JSON-ready)."""
     impl = sys.implementation
     cfg = _load(CONFIG_FILE)
-    status = _load(STATUS_FILE) or {}
     masked = None
     if isinstance(cfg, dict):
         masked = {}
@@ -63,21 +66,34 @@ def report():
             masked[k] = ("***" if v not in (None, "") else v) if k in _SECRETS else v
     else:
         cfg = {}
+    status = _load(cfg.get("status_file") or STATUS_FILE, twin=True)
+    if not isinstance(status, dict):
+        status = {}
+    model = _model(cfg.get("state") or "model.bin")
+    if model is None and status.get("sizes"):  # no global model persisted yet
+        model = {"sizes": status["sizes"], "version": status.get("version"),
+                 "params": status.get("params"), "file": None}
     gc.collect()
+    live = gc.mem_free()
     return {
         "firmware": "MicroPython %d.%d.%d" % impl.version[:3],
         "machine": getattr(impl, "_machine", sys.platform),
         "mpy": getattr(impl, "_mpy", None),
         "tinyfleet": cfg.get("tinyfleet_version"),
         "device_id": cfg.get("id"),
-        "model": _model(cfg.get("state") or "model.bin"),
+        "model": model,
         "samples": status.get("samples"),
         "loss": status.get("loss"),
         "kernel": status.get("kernel"),
-        "last_round": status.get("rounds"),
+        "last_round": status.get("last_round"),
+        "rounds": status.get("rounds"),
         "model_version": status.get("version"),
         "state": status.get("state"),
-        "mem_free": gc.mem_free(),
+        "net": status.get("net"),
+        "reason": status.get("reason"),
+        # What the running agent had free (its status), else what is free right now.
+        "mem_free": status.get("mem_free", live),
+        "mem_free_now": live,
         "mem_alloc": gc.mem_alloc(),
         "fs_free": _fs_free(),
         "config": masked,

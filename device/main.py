@@ -12,21 +12,25 @@ import config
 
 
 def join_wifi(cfg):
-    """Join WiFi where the port has a `network` module (boards); skipped on the unix port."""
+    """Join WiFi where the port has a `network` module (boards); skipped on the unix port.
+    Never fatal: without WiFi the board keeps learning and the link retries (backoff)."""
     if not cfg.get("ssid"):
         return
     try:
         import network
     except ImportError:
         return
-    sta = network.WLAN(network.STA_IF)
-    sta.active(True)
-    if not sta.isconnected():
-        sta.connect(cfg["ssid"], cfg.get("wifi_password") or "")
-        t0 = time.ticks_ms()
-        while not sta.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < 20000:
-            time.sleep_ms(100)
-    print("wifi:", sta.isconnected())
+    try:
+        sta = network.WLAN(network.STA_IF)
+        sta.active(True)
+        if not sta.isconnected():
+            sta.connect(cfg["ssid"], cfg.get("wifi_password") or "")
+            t0 = time.ticks_ms()
+            while not sta.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < 20000:
+                time.sleep_ms(100)
+        print("wifi:", sta.isconnected())
+    except OSError as e:  # no radio, bad state: the agent learns offline and retries MQTT
+        print("wifi: failed (%r)" % e)
 
 
 def main(path="config.json"):

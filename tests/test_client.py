@@ -89,8 +89,8 @@ def test_client_lifecycle(device: tuple[Device, Watcher], mosquitto: EmbeddedBro
         "viper", "bytecode"), first
     td = w.wait_for(lambda t, p: t == wire.topic_td(FLEET, DEV), 10)
     assert td is not None and td[2] is False
-    desc = json.loads(td[1])
-    assert desc["id"] == f"urn:tinyfleet:{FLEET}:{DEV}" and desc["tinyfleet"]["model"][
+    desc = json.loads(td[1])  # the compact self-description (device/describe.py)
+    assert desc["id"] == DEV and desc["fleet"] == FLEET and desc["model"][
         "params"] == reference.n_params(SIZES), desc
 
     # -- adopts an intact, authentic, newer global model (and persists it) ------------
@@ -266,7 +266,7 @@ def test_password_and_learning_while_refused(tmp_path: Path):
         # Assert
         log = bad.log_tail(50)
         assert code == 0, log
-        fails = [line for line in log.splitlines() if "connect failed" in line]
+        fails = [line for line in log.splitlines() if line.startswith("link: connect failed")]
         assert len(fails) >= 2, log
         delays = [float(line.split("retry in ")[1].split()[0]) for line in fails]
         assert delays[-1] > delays[0], delays  # exponential backoff
