@@ -1,5 +1,6 @@
 """Board tooling against the emulated Cortex-M3 board (qemu), with the real mpremote:
-deploy (incremental, atomic, full filesystem), boot, inspect, selftest, error cases.
+deploy (incremental, atomic, full filesystem), booting into the real TinyFleet (learning
+offline: the board has no network), inspect, selftest, error cases.
 
 The board is started once for this module (its own state folder) and stopped at the end.
 """
@@ -121,22 +122,75 @@ def test_deploy_is_incremental_and_boots(port: str, run_cli, files) -> None:
     assert rc == 0, err
     assert copied(out) == [] and f"0 of {n_files} files to copy" in out, out
 
-    # Change one file: a main.py that leaves a mark when the board runs it at boot.
+    # Change one file (main.py, still the real one): only it is copied, then the board
+    # is reset and boots into the real TinyFleet.
     main_py = next(src for src, rel in files if rel == "main.py")
-    main_py.write_text("with open('booted.txt', 'w') as f:\n    f.write('tinyfleet')\n")
+    main_py.write_text(main_py.read_text() + "# redeployed\n")
     rc, out, err = run_cli(*deploy_args(port))
     assert rc == 0, err
     assert copied(out) == ["main.py"], out
     assert "board reset" in out
 
-    # After the reset the board ran main.py and imports the deployed (compiled) modules
-    # (not umqtt: this board has no network, so no usocket).
+    # The running agent, watched on its console without interrupting it: it learns
+    # offline (this board has no socket module) and saves status.json 1, 2, 4 s after
+    # start, each time with more samples.
+    log, saved = watch_console(port, want=3, timeout=30)
+    assert "link: offline, learning alone (no network stack:" in log, log
+    samples = [s["samples"] for s in saved]
+    assert samples == sorted(set(samples)) and samples[-1] > 0, log
+    assert all(s["kernel"] == "viper" and s["state"] == "offline" for s in saved), saved
+
+    # status.json as inspect reads it: mpremote stops the agent, which saves it once more
+    st = board_mp.exec_json(port, "print(open('status.json').read())")
+    assert isinstance(st, dict) and st["state"] == "stopped", st
+    assert st["samples"] > samples[-1] and st["kernel"] == "viper", (st, samples)
+    assert st["net"].startswith("down: no network stack:"), st
+    rc, out, err = run_cli("inspect", "--port", port, "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert (r["samples"], r["kernel"], r["loss"], r["model_version"], r["last_round"]) == (
+        st["samples"], "viper", st["loss"], 0, 0), r
+    assert r["model"] == {"sizes": [1, 40, 40, 1], "version": 0, "params": 1761,
+                          "file": None}, r
+    assert r["tinyfleet"] and r["firmware"] == "MicroPython 1.25.0", r
+    assert r["mem_free"] == st["mem_free"] and r["config"]["password"] == "***", r
+    none = [k for k in ("firmware", "tinyfleet", "model", "samples", "loss", "kernel",
+                        "last_round", "model_version", "state", "mem_free", "config")
+            if r[k] is None]
+    assert none == [], none
+
+    # The deployed modules are the compiled ones
     r = board_mp.exec_json(port, (
         "import json, mlp, config, store, inspect, selftest; from tfshared import weights\n"
-        "print(json.dumps([open('booted.txt').read(), mlp.__file__, weights.__file__,"
-        " config.load()['id']]))"))
-    assert r[0] == "tinyfleet" and r[1] == "mlp.mpy" and r[3] == "emu-1", r
-    assert r[2].endswith("lib/tfshared/weights.mpy"), r
+        "print(json.dumps([mlp.__file__, weights.__file__, config.load()['id']]))"))
+    assert r[0] == "mlp.mpy" and r[2] == "emu-1", r
+    assert r[1].endswith("lib/tfshared/weights.mpy"), r
+    board_mp.exec_json(port, RM_STATUS)
+
+
+RM_STATUS = """
+import os
+for p in ('status.json', 'status.json.tmp'):
+    try: os.remove(p)
+    except OSError: pass
+print(1)
+"""
+
+
+def watch_console(port: str, want: int, timeout: float) -> tuple[str, list[dict]]:
+    """Read the board's console (no keys sent, so main.py keeps running) until `want`
+    "status: {...}" lines came; (console text, the statuses)."""
+    import time
+
+    text, saved = "", []
+    deadline = time.monotonic() + timeout
+    with serial.Serial(port, 115200, timeout=0.2) as ser:
+        while len(saved) < want and time.monotonic() < deadline:
+            text += ser.read(4096).decode(errors="replace")
+            saved = [json.loads(line[len("status: "):]) for line in text.splitlines()
+                     if line.startswith("status: {") and line.rstrip().endswith("}")]
+    assert len(saved) >= want, text[-2000:]
+    return text, saved
 
 
 def test_config_has_secrets_from_env_and_inspect_masks_them(port: str, run_cli,
@@ -149,6 +203,7 @@ def test_config_has_secrets_from_env_and_inspect_masks_them(port: str, run_cli,
                    "password": SECRET, "fleet_key": "fleet-key-" + SECRET, "ssid": "shed",
                    "tinyfleet_version": cfg["tinyfleet_version"]}, cfg  # type: ignore[index]
 
+    board_mp.exec_json(port, RM_STATUS)  # left by an earlier run of the agent
     rc, out, err = run_cli("inspect", "--port", port, "--json")
     assert rc == 0, err
     report = json.loads(out)
@@ -174,7 +229,8 @@ def test_inspect_reads_model_header_and_status(port: str, run_cli, files, tmp_pa
          " model_version=7))"], capture_output=True, check=True).stdout
     (tmp_path / "model.bin").write_bytes(blob)
     (tmp_path / "status.json").write_text(json.dumps(
-        {"samples": 1234, "loss": 0.07, "kernel": "viper", "rounds": 5, "version": 7}))
+        {"samples": 1234, "loss": 0.07, "kernel": "viper", "rounds": 5, "last_round": 9,
+         "version": 7}))
     board_mp.run(port, ["cp", str(tmp_path / "model.bin"), ":model.bin", "+",
                         "cp", str(tmp_path / "status.json"), ":status.json"])
     try:
@@ -183,8 +239,8 @@ def test_inspect_reads_model_header_and_status(port: str, run_cli, files, tmp_pa
         r = json.loads(out)
         assert r["model"] == {"sizes": [2, 8, 1], "version": 7, "params": 33,
                               "file": "model.bin"}
-        assert (r["samples"], r["loss"], r["kernel"], r["last_round"]) == (
-            1234, 0.07, "viper", 5)
+        assert (r["samples"], r["loss"], r["kernel"], r["last_round"], r["rounds"]) == (
+            1234, 0.07, "viper", 9, 5)
     finally:
         board_mp.run(port, ["rm", ":model.bin", "+", "rm", ":status.json"])
 
