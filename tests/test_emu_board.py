@@ -165,7 +165,23 @@ def test_deploy_is_incremental_and_boots(port: str, run_cli, files) -> None:
         "print(json.dumps([mlp.__file__, weights.__file__, config.load()['id']]))"))
     assert r[0] == "mlp.mpy" and r[2] == "emu-1", r
     assert r[1].endswith("lib/tfshared/weights.mpy"), r
+
+    # Its self-description (what it publishes retained on .../td where it has a network)
+    d = board_mp.exec_json(port, (
+        "import json, config, describe\nc = config.load()\nprint(json.dumps(describe.build("
+        "c, (1, 40, 40, 1), 1761, 0, 'viper', describe.kernels('viper'))))"))
+    assert isinstance(d, dict), d
+    assert (d["board"], d["mcu"], d["port"], d["clock"]) == (
+        "mps2-an385", "Cortex-M3", "qemu", None), d
+    assert d["kernels"] == ["viper", "bytecode"] and d["runtime"] == "MicroPython 1.25.0"
+    assert d["flash"] == 2 * 1024 * 1024 and 0 < d["flash_free"] < d["flash"], d
+    assert 100_000 < d["ram"] < 256 * 1024 and d["tinyfleet"] == r_cfg_version(port)
     board_mp.exec_json(port, RM_STATUS)
+
+
+def r_cfg_version(port: str) -> str:
+    return board_mp.exec_json(port, "import json; print(json.dumps(json.load("
+                              "open('config.json'))['tinyfleet_version']))")  # type: ignore
 
 
 RM_STATUS = """
