@@ -319,6 +319,10 @@ class Device:
         except KeyboardInterrupt:  # Ctrl-C, e.g. mpremote taking over the REPL
             self.save_status("stopped")
             raise
+        except Exception as e:  # a bug or a failing sensor: leave inspect the reason
+            self.reason = "crashed: %r" % e
+            self.save_status("crashed")
+            raise
         self.save_status("stopped")
         self.publish_status("stopped")
         self.link.close()

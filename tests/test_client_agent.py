@@ -186,3 +186,31 @@ def test_status_file_off_or_rounds_only(tmp_path: Path, cfg: dict) -> None:
         assert saves == [] and not (root / "status.json").exists()
     else:  # at start and at the end only
         assert len(saves) == 2 and json.loads(saves[-1][8:])["samples"] == 500, lines
+
+
+CRASH = """
+import config, agent
+d = agent.Device(config.load())
+learn = d.learn
+
+
+def failing():
+    if d.samples == 123:
+        raise OSError(5)  # e.g. a sensor read failing
+    learn()
+
+
+d.learn = failing
+try:
+    d.run()
+except OSError:
+    print("raised")
+"""
+
+
+def test_crash_leaves_its_reason_in_status(tmp_path: Path) -> None:
+    root = fleet.stage_device(tmp_path / "b", {"id": "a1", "port": 1, "rate": 0}, "32")
+    lines = run_script(root, "crash.py", CRASH, "32")
+    st = json.loads((root / "status.json").read_text())
+    assert lines[-1] == "raised" and st["state"] == "crashed", lines
+    assert (st["samples"], st["reason"]) == (123, "crashed: OSError(5,)"), st
