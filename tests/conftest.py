@@ -4,6 +4,8 @@ board filesystem holding the real device/ and shared/ code."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +59,22 @@ class UpyRunner:
 @pytest.fixture
 def upy_runner(board_root: Path) -> UpyRunner:
     return UpyRunner(board_root)
+
+
+@pytest.fixture(params=["cpython", "64", "32"], ids=["cpython", "upy64", "upy32"])
+def run_json(request: pytest.FixtureRequest, board_root: Path, upy_runner: UpyRunner):
+    """Shared code runs unchanged on CPython and MicroPython: each test using this runs a
+    script (cwd = the staged board root) on CPython and on both MicroPython builds, and
+    gets its last stdout line decoded as JSON."""
+    if request.param == "cpython":
+        def run(script: str) -> object:
+            proc = subprocess.run([sys.executable, "-c", script], cwd=board_root,
+                                  capture_output=True, text=True, timeout=120,
+                                  env={"PYTHONPATH": str(board_root)})
+            assert proc.returncode == 0, proc.stderr
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+        return run
+    return lambda script: upy_runner.run_json(script, build=request.param)
 
 
 @pytest.fixture

@@ -8,28 +8,8 @@ Crashes are simulated by leaving the files a power cut would leave: a truncated 
 from __future__ import annotations
 
 import binascii
-import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
-
-
-@pytest.fixture(params=["cpython", "64", "32"], ids=["cpython", "upy64", "upy32"])
-def run_json(request: pytest.FixtureRequest, board_root: Path, upy_runner):
-    """Run a script on CPython or a MicroPython build (cwd = the staged board root)."""
-    if request.param == "cpython":
-        def run(script: str) -> object:
-            proc = subprocess.run([sys.executable, "-c", script], cwd=board_root,
-                                  capture_output=True, text=True, timeout=120,
-                                  env={"PYTHONPATH": str(board_root)})
-            assert proc.returncode == 0, proc.stderr
-            return json.loads(proc.stdout.strip().splitlines()[-1])
-        return run
-    return lambda script: upy_runner.run_json(script, build=request.param)
-
 
 PRELUDE = """
 import json, os

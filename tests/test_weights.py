@@ -4,31 +4,13 @@ both MicroPython builds (the same script runs on all three)."""
 from __future__ import annotations
 
 import binascii
-import json
 import struct
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 M_MAX = 2**27 - 1
 SIZES = (1, 2, 1)  # 7 params: layer 1: 2 rows of (w, b); layer 2: 1 row of (w0, w1, b)
 W_Q24 = [M_MAX, -M_MAX, 2048, -2049, 4096 * 1000, -(4096 * 7) - 2047, 0]
-
-
-@pytest.fixture(params=["cpython", "64", "32"], ids=["cpython", "upy64", "upy32"])
-def run_json(request: pytest.FixtureRequest, board_root: Path, upy_runner):
-    """Run a script on CPython or a MicroPython build; return its last line as JSON."""
-    if request.param == "cpython":
-        def run(script: str) -> object:
-            proc = subprocess.run([sys.executable, "-c", script], cwd=board_root,
-                                  capture_output=True, text=True, timeout=120,
-                                  env={"PYTHONPATH": str(board_root)})
-            assert proc.returncode == 0, proc.stderr
-            return json.loads(proc.stdout.strip().splitlines()[-1])
-        return run
-    return lambda script: upy_runner.run_json(script, build=request.param)
 
 
 def expected_blob(sizes, values, dtype, model_version, flags) -> bytes:

@@ -7,12 +7,8 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import json
 import random
 import struct
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from tfshared import weights as W
@@ -22,20 +18,6 @@ KEY = b"fleet-key-0123456789"
 HDR = "<2sBBHHIIIHHHHBB"
 SIZES = (1, 2, 1)
 W_Q24 = [4096 * 100, -4096 * 200, 4096 * 300, 0, 4096 * 5, -4096 * 6, 4096 * 7]
-
-
-@pytest.fixture(params=["cpython", "64", "32"], ids=["cpython", "upy64", "upy32"])
-def run_json(request: pytest.FixtureRequest, board_root: Path, upy_runner):
-    """Run a script on CPython or a MicroPython build; return its last line as JSON."""
-    if request.param == "cpython":
-        def run(script: str) -> object:
-            proc = subprocess.run([sys.executable, "-c", script], cwd=board_root,
-                                  capture_output=True, text=True, timeout=120,
-                                  env={"PYTHONPATH": str(board_root)})
-            assert proc.returncode == 0, proc.stderr
-            return json.loads(proc.stdout.strip().splitlines()[-1])
-        return run
-    return lambda script: upy_runner.run_json(script, build=request.param)
 
 
 def frame(mtype: int, payload: bytes, *, flags: int = 0, model_id: int = 7, version: int = 42,
