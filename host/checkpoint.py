@@ -149,6 +149,11 @@ class Checkpoint:
                     raise TinyFleetError(f"checkpoint {self.path} was made with {key}={old}, "
                                          f"not {value}; use another --db")
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Store or replace one metadata value (e.g. the coordinator's version epoch)."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
+
     # -- rounds ---------------------------------------------------------------------------
     def save_round(self, round_no: int, weights: np.ndarray, *, strategy: str = "",
                    epsilon: float = 0.0, selected: Sequence[str] = (),

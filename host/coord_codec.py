@@ -4,8 +4,9 @@ Adapts the shared codec to numpy and to the coordinator's round protocol: global
 weights go out as int16 Q12 in one frame (retained messages keep only the last MQTT
 message per topic, so a chunked global would reach a late subscriber as one chunk);
 device updates are reassembled per device, HMAC-checked when a fleet key is set, and
-returned as Q24 float64 arrays. Round r starts from global version r (initial weights
-are v1), so the round number is also the version a device must hold.
+returned as Q24 float64 arrays. A round starts from the global version that is its wire
+round number (initial weights are v1 + the coordinator's version epoch), so the round
+number is also the version a device must hold.
 """
 
 from __future__ import annotations

@@ -4,10 +4,18 @@ Round r: pick devices among those whose retained status says they are online, pu
 the round start (round, global version, k steps, lr shift, deadline, devices), collect at
 most one update per selected device until every one replied or the deadline passed,
 aggregate with a pure strategy (tinyfleet.strategies), checkpoint the round in SQLite,
-and publish the new global weights retained with version r + 1. A round with fewer than
+and publish the new global weights retained with version base + r + 1. A round with fewer than
 `min_replies` updates is retried, then skipped. Updates for another round, from devices
 that were not selected, duplicates and undecodable frames are logged and ignored.
 The paho network thread only queues messages; all state lives in the main thread.
+
+Version epoch: devices refuse a global whose version is not above the last one they
+accepted (replay protection), so a coordinator on a fresh checkpoint, which would restart
+at v1, must continue above whatever the fleet holds. Before publishing, it looks at the
+versions the devices report in their retained statuses and at the retained global, and if
+any is above (or equal with other weights than) what it would publish, it moves its
+version base ("epoch_base" in the checkpoint) just past it. On the wire, round r is
+numbered base + r: the version of the global it starts from, as devices expect.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +127,7 @@ class RoundResult:
 class _Open:
     """The round currently collecting updates."""
 
-    round: int
+    round: int  # as numbered on the wire: base + checkpoint round
     version: int
     selected: set[str]
     everyone: bool = False  # the round start said "every device": late joiners count too
@@ -155,6 +164,9 @@ class Coordinator:
         self.theta: np.ndarray = np.zeros(0)
         self.last_round = -1
         self.version = 0  # of the global weights last published
+        self.base = 0  # version epoch: global after checkpoint round L is v(base + L + 1)
+        self.held: dict[str, tuple[int, int | None]] = {}  # device -> (version, crc) held
+        self.retained: tuple[int, bytes] | None = None  # retained global seen (version, frame)
         self.connects = 0
         self.on_round: Callable[[RoundResult], None] | None = None  # hook for callers
 
@@ -187,7 +199,8 @@ class Coordinator:
         if getattr(rc, "is_failure", False):
             log.error("broker refused the connection: %s", rc)
             return
-        client.subscribe([(t, 1) for t in self.codec.subscriptions()])
+        client.subscribe([(t, 1) for t in self.codec.subscriptions()]
+                         + [(self.codec.topic_global(), 1)])  # for the version epoch
         self.inbox.put((_CONNECTED, b""))  # the main thread republishes the global
         client.publish(self.codec.topic_coordinator(), json.dumps({"state": "online"}), qos=1,
                        retain=True)
@@ -250,6 +263,22 @@ class Coordinator:
             self._on_status(dev, payload)
         elif kind == "update":
             self._on_update(dev, payload)
+        elif kind == "global" and dev == self.cfg.model:
+            self._on_global(payload)
+
+    def _on_global(self, payload: bytes) -> None:
+        """Note the retained global's version (ours, or a previous coordinator's)."""
+        from tfshared import wire
+
+        if not payload:
+            self.retained = None
+            return
+        try:
+            frame = wire.decode(payload, self.codec.key)
+        except ValueError as exc:  # unsigned/forged: no device would have taken it either
+            log.debug("retained global ignored: %s", exc)
+            return
+        self.retained = (int(frame.version), payload)
 
     def _on_status(self, dev: str, payload: bytes) -> None:
         if not payload:  # a cleared retained status: the device is gone
@@ -261,6 +290,10 @@ class Coordinator:
         except (ValueError, KeyError, TypeError) as exc:
             self._ignore(f"garbage status from {dev!r} ({len(payload)} bytes): {exc}")
             return
+        ver = st.get("version")
+        if isinstance(ver, int) and not isinstance(ver, bool) and ver > 0:
+            crc = st.get("crc")
+            self.held[dev] = (ver, crc if isinstance(crc, int) else None)
         if state in OFFLINE_STATES:
             if self.online.pop(dev, None) is not None:
                 log.info("device %s is %s", dev, state)
@@ -313,12 +346,56 @@ class Coordinator:
         else:
             log.info("resuming from %s: round %d completed", ck.path, got[0])
         self.last_round, self.theta = got
+        self.base = int(ck.get_meta("epoch_base") or 0)
         if self.theta.shape != (self.codec.n_params,):
             raise TinyFleetError(f"checkpoint weights have {self.theta.size} params, model "
                                  f"{self.cfg.sizes} needs {self.codec.n_params}")
 
+    def _next_version(self) -> int:
+        """Version of the global weights after the last completed round."""
+        return self.base + self.last_round + 1
+
+    def _fleet_conflict(self) -> int:
+        """The highest version held in the fleet that our next global would not beat:
+        above it, or equal to it with other weights (a device ignores a version it has).
+        0 when there is none."""
+        from tfshared import weights
+
+        version = self._next_version()
+        master = to_master(self.theta)
+        frames = self.codec.encode_global(master, version)
+        # A device reports crc32 of the Q24 weights it decoded from our Q12 frame.
+        blob = weights.encode([int(v) for v in master], self.cfg.sizes, weights.DTYPE_Q12,
+                              version)
+        crc = zlib.crc32(np.asarray(weights.decode(blob, self.cfg.sizes)[1],
+                                    dtype="<i4").tobytes()) & 0xFFFFFFFF
+        worst = 0
+        for ver, dcrc in self.held.values():
+            if ver > version or (ver == version and dcrc is not None and dcrc != crc):
+                worst = max(worst, ver)
+        if self.retained is not None:
+            ver, frame = self.retained
+            if ver > version or (ver == version and [frame] != frames):
+                worst = max(worst, ver)
+        return worst
+
+    def _check_epoch(self) -> bool:
+        """Move the version base above the fleet's versions if needed; True if moved."""
+        worst = self._fleet_conflict()
+        if not worst:
+            return False
+        old = self._next_version()
+        self.base = worst - self.last_round  # next version: worst + 1
+        self.ck.set_meta("epoch_base", str(self.base))
+        holders = sorted(d for d, (v, _) in self.held.items() if v == worst)
+        log.warning("version epoch: the fleet holds global v%d (%s), this checkpoint would "
+                    "publish v%d; continuing from v%d (epoch base %d)", worst,
+                    " ".join(holders) or "retained global", old, self._next_version(),
+                    self.base)
+        return True
+
     def _publish_global(self) -> int:
-        version = self.last_round + 1
+        version = self._next_version()
         frame = self.codec.encode_global(to_master(self.theta), version)
         self._publish(self.codec.topic_global(), frame, retain=True)
         self.version = version
@@ -330,7 +407,9 @@ class Coordinator:
         return len(self.online) >= need
 
     def _run_round(self, r: int, version: int, stop: threading.Event) -> RoundResult | None:
-        """One round with retries; None when stopped before it finished."""
+        """One round with retries; None when stopped before it finished.
+
+        On the wire the round is numbered `version` (of the global it starts from)."""
         cfg = self.cfg
         eps = strategies.epsilon_at(cfg.schedule, r - 1, cfg.rounds, cfg.epsilon,
                                     cfg.epsilon_end)
@@ -351,10 +430,10 @@ class Coordinator:
             # instead of listing them: its size then does not grow with the fleet (a board
             # takes round starts into a small fixed buffer).
             everyone = cfg.per_round == 0 and cfg.strategy != "tinyreptile"
-            self.open = _Open(r, version, set(selected), everyone)
+            self.open = _Open(version, version, set(selected), everyone)
             self.codec.theta = self.theta  # the base of delta updates
             self._publish(self.codec.topic_round(),
-                          self.codec.encode_round(r, cfg.k, cfg.lr_shift, cfg.deadline,
+                          self.codec.encode_round(version, cfg.k, cfg.lr_shift, cfg.deadline,
                                                   None if everyone else selected))
             log.info("round %d/%d: started (attempt %d), %d device(s): %s, eps %.4f", r,
                      cfg.rounds, attempt, len(selected), " ".join(selected), eps)
@@ -400,13 +479,17 @@ class Coordinator:
         self._connect()
         done = 0
         try:
+            # Retained statuses (and the retained global) arrive right after the SUBACK;
+            # take them all in first so the first round selects from the whole fleet and
+            # the first global we publish is above every version the fleet holds.
+            self._drain(time.monotonic() + self.cfg.settle, stop)
+            self._check_epoch()
             version = self._publish_global()
             log.info("published global v%d", version)
-            # Retained statuses arrive right after the SUBACK; take them all in first so the
-            # first round selects from the whole fleet, not from whoever was quickest.
-            self._drain(time.monotonic() + self.cfg.settle, stop)
             log.info("%d device(s) online: %s", len(self.online), " ".join(sorted(self.online)))
             while self.last_round < self.cfg.rounds and not stop.is_set():
+                if self._check_epoch():  # a device came back holding a newer version
+                    version = self._publish_global()
                 r = self.last_round + 1
                 res = self._run_round(r, version, stop)
                 if res is None:

@@ -467,3 +467,41 @@ def test_sigterm_stops_cleanly_mid_round(mosquitto, fleet, tmp_path):
     assert "stopping: 0 round(s) completed, last completed round 0" in out
     with Checkpoint(tmp_path / "c.db") as ck:
         assert ck.resume()[0] == 0
+
+
+def test_fresh_checkpoint_continues_above_the_version_the_fleet_holds(mosquitto, fleet,
+                                                                     tmp_path, caplog):
+    # Prepare: an offline board whose retained status says it holds global v7 (from an
+    # earlier coordinator); a fake device that answers 2.0; a brand-new checkpoint.
+    caplog.set_level(logging.INFO, logger="tinyfleet.coordinator")
+    old = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="old-board")
+    old.connect(mosquitto.host, mosquitto.port)
+    old.loop_start()
+    old.publish(wire.topic_status(FLEET, "old"), json.dumps(
+        {"id": "old", "state": "offline", "version": 7, "crc": 1}), qos=1,
+        retain=True).wait_for_publish(5)
+    watch = GlobalWatcher(mosquitto)
+    a = fleet("a", lambda r: [(0, update_frames("a", r, 2 * 4096))])
+    db = tmp_path / "c.db"
+    # Execute: two rounds on the fresh checkpoint, then a third after a restart on it
+    coord, th, stop, ck = start_coordinator(mosquitto, db, strategy="reptile", epsilon=0.5,
+                                            rounds=2)
+    finish(th, ck)
+    coord2, th2, stop2, ck2 = start_coordinator(mosquitto, db, strategy="reptile",
+                                                epsilon=0.5, rounds=3)
+    finish(th2, ck2)
+    # Assert: versions continue above v7 (v8 = θ0, v9 = θ1, ...), round starts are numbered
+    # by the version they start from, the epoch is in the checkpoint and a plain resume
+    # (the retained global is its own) keeps it.
+    np.testing.assert_allclose(watch.wait_version(8), np.full(N, 0.0))
+    np.testing.assert_allclose(watch.wait_version(9), np.full(N, 1.0))
+    np.testing.assert_allclose(watch.wait_version(11), np.full(N, 1.75))
+    assert [r for r, _ in a.rounds_seen] == [8, 9, 10]
+    assert min(v for v, _ in watch.seen) == 8, [v for v, _ in watch.seen]
+    with Checkpoint(db) as ck3:
+        assert ck3.get_meta("epoch_base") == "7"
+        assert [h.round for h in ck3.history()] == [0, 1, 2, 3]
+    assert caplog.text.count("version epoch: the fleet holds global v7 (old)") == 1
+    old.loop_stop()
+    old.disconnect()
+    watch.close()

@@ -36,3 +36,50 @@ def test_fleet_meta_learns(tmp_path: Path, mosquitto: EmbeddedBroker):  # noqa: 
     assert len(report["rounds"]) == 30 and report["initial"]["heldout_after"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Held-out MSE" in (out / "report.md").read_text()
+
+
+def test_fresh_checkpoint_after_a_fleet_ran_is_accepted_by_real_devices(
+        tmp_path: Path, mosquitto: EmbeddedBroker):
+    # Prepare: 2 MicroPython devices; a coordinator runs 2 rounds on checkpoint a.db
+    # (globals v1..v3), then a second one starts on a brand-new b.db.
+    import threading
+
+    from tinyfleet.checkpoint import Checkpoint
+    from tinyfleet.coordinator import Config, Coordinator
+    from tinyfleet.fleet import Fleet, Watcher
+    from tinyfleet.simulate import device_configs
+
+    host, port = mosquitto.host, mosquitto.port
+    sim = SimConfig(devices=2, seed=3)
+    watch = Watcher(host, port, ["tf/ep/dev/+/status"], client_id="tf-test-epoch")
+    with Fleet(tmp_path / "boards") as fleet:
+        for dc in device_configs(sim, "ep", host, port, "k3y"):
+            fleet.add(dc)
+        fleet.start()
+
+        def run_coord(db: Path) -> tuple[Coordinator, list]:
+            with Checkpoint(db) as ck:
+                cfg = Config(fleet="ep", model="sine", sizes=(1, 40, 40, 1), rounds=2,
+                             deadline=20, min_replies=2, online_wait=60, key=b"k3y")
+                coord = Coordinator(cfg, host, port, ck, client_id=f"c-{db.stem}")
+                coord.run(threading.Event())
+                return coord, ck.history()
+
+        # Execute
+        first, _ = run_coord(tmp_path / "a.db")
+        second, hist = run_coord(tmp_path / "b.db")
+        # Assert: the second coordinator continued above v3 (the first's last global),
+        # both its rounds had both devices' updates, and no device refused anything.
+        assert first.version == 3 and second.base == 3 and second.version == 6
+        assert [(h.round, h.status, len(h.replied)) for h in hist] == [
+            (0, "init", 0), (1, "done", 2), (2, "done", 2)], hist
+
+        def holds_v6(topic: str, payload: bytes) -> bool:
+            return json.loads(payload).get("version") == 6
+
+        for dev in ("dev00", "dev01"):
+            got = watch.wait_for(lambda t, p, dev=dev: dev in t and holds_v6(t, p), 20)
+            assert got is not None, fleet.devices[0].log_tail()
+            st = json.loads(got[1])
+            assert st["rejected"] == 0 and st["rounds"] == 4, st
+    watch.close()
