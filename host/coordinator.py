@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 import zlib
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tfshared import wire
 
 from . import strategies
 from .checkpoint import Checkpoint, DeviceMetric
@@ -88,6 +90,9 @@ class Config:
     seed: int = 0
     key: bytes | None = None    # fleet HMAC key (None: unsigned frames)
     settle: float = 0.5         # seconds to take in retained statuses before round 1
+    # Semantic registry (tinyfleet.semantic_hook): record the boards' self-descriptions,
+    # select only boards that can run the model, write a model card per global model.
+    registry: str | None = None
 
     def check(self) -> None:
         """Raises: TinyFleetError on an inconsistent configuration."""
@@ -169,6 +174,7 @@ class Coordinator:
         self.retained: tuple[int, bytes] | None = None  # retained global seen (version, frame)
         self.connects = 0
         self.on_round: Callable[[RoundResult], None] | None = None  # hook for callers
+        self.semantic: Any = None  # SemanticHook while running with cfg.registry
 
     # -- MQTT plumbing (paho's thread only queues) ----------------------------------------
     def _connect(self) -> None:
@@ -199,7 +205,9 @@ class Coordinator:
         if getattr(rc, "is_failure", False):
             log.error("broker refused the connection: %s", rc)
             return
-        client.subscribe([(t, 1) for t in self.codec.subscriptions()]
+        td = [(wire.topic_td(self.cfg.fleet, "\x00").replace("\x00", "+"), 1)]
+        client.subscribe((td if self.cfg.registry else [])
+                         + [(t, 1) for t in self.codec.subscriptions()]
                          + [(self.codec.topic_global(), 1)])  # for the version epoch
         self.inbox.put((_CONNECTED, b""))  # the main thread republishes the global
         client.publish(self.codec.topic_coordinator(), json.dumps({"state": "online"}), qos=1,
@@ -263,6 +271,8 @@ class Coordinator:
             self._on_status(dev, payload)
         elif kind == "update":
             self._on_update(dev, payload)
+        elif kind == "td" and self.semantic is not None:
+            self.semantic.on_td(dev, payload)  # sanitized; refused ones logged, never raised
         elif kind == "global" and dev == self.cfg.model:
             self._on_global(payload)
 
@@ -401,10 +411,16 @@ class Coordinator:
         self.version = version
         return version
 
+    def _candidates(self) -> list[str]:
+        """Online devices a round may select: with a registry, those that can run the model."""
+        if self.semantic is None:
+            return list(self.online)
+        return [d for d in self.online if self.semantic.eligible(d)]
+
     def _wait_online(self, need: int, stop: threading.Event) -> bool:
         wait = self.cfg.online_wait if self.cfg.online_wait is not None else self.cfg.deadline
-        self._drain(time.monotonic() + wait, stop, lambda: len(self.online) >= need)
-        return len(self.online) >= need
+        self._drain(time.monotonic() + wait, stop, lambda: len(self._candidates()) >= need)
+        return len(self._candidates()) >= need
 
     def _run_round(self, r: int, version: int, stop: threading.Event) -> RoundResult | None:
         """One round with retries; None when stopped before it finished.
@@ -422,14 +438,18 @@ class Coordinator:
             while not self._wait_online(cfg.min_replies, stop):
                 if stop.is_set():
                     return None
-                log.warning("round %d: waiting for devices: %d online, need %d", r,
-                            len(self.online), cfg.min_replies)
-            selected = strategies.select_devices(cfg.strategy, list(self.online),
+                log.warning("round %d: waiting for devices: %d online, %d can run the model, "
+                            "need %d", r, len(self.online), len(self._candidates()),
+                            cfg.min_replies)
+            selected = strategies.select_devices(cfg.strategy, self._candidates(),
                                                  cfg.per_round, r + attempt - 1, cfg.seed)
             # With every online device taking part, the round start says "every device"
             # instead of listing them: its size then does not grow with the fleet (a board
             # takes round starts into a small fixed buffer).
-            everyone = cfg.per_round == 0 and cfg.strategy != "tinyreptile"
+            # With a registry the round start lists the boards: "every device" would let an
+            # incompatible board join.
+            everyone = (cfg.per_round == 0 and cfg.strategy != "tinyreptile"
+                        and self.semantic is None)
             self.open = _Open(version, version, set(selected), everyone)
             self.codec.theta = self.theta  # the base of delta updates
             self._publish(self.codec.topic_round(),
@@ -476,7 +496,18 @@ class Coordinator:
         """
         stop = stop or threading.Event()
         self._resume()
-        self._connect()
+        if self.cfg.registry:
+            from .semantic_hook import SemanticHook
+
+            self.semantic = SemanticHook(self.cfg.registry, self.cfg.fleet, self.cfg.model,
+                                         self.cfg.sizes, f"{self.host}:{self.port}",
+                                         self.cfg.strategy)
+            self.semantic.start(self.ck.history())
+        try:
+            self._connect()
+        except BaseException:
+            self._close_semantic()
+            raise
         done = 0
         try:
             # Retained statuses (and the retained global) arrive right after the SUBACK;
@@ -486,6 +517,7 @@ class Coordinator:
             self._check_epoch()
             version = self._publish_global()
             log.info("published global v%d", version)
+            self._model_card(version, None)
             log.info("%d device(s) online: %s", len(self.online), " ".join(sorted(self.online)))
             while self.last_round < self.cfg.rounds and not stop.is_set():
                 if self._check_epoch():  # a device came back holding a newer version
@@ -501,6 +533,7 @@ class Coordinator:
                     metrics=[DeviceMetric(x.device, x.loss, x.samples) for x in res.replies])
                 self.last_round = r
                 version = self._publish_global()
+                self._model_card(version, res)
                 done += 1
                 losses = [x.loss for x in res.replies if x.loss == x.loss]
                 log.info("round %d/%d: %s, %d replies in %.2f s, mean loss %s -> global v%d",
@@ -513,4 +546,19 @@ class Coordinator:
                          self.last_round)
         finally:
             self._disconnect()
+            self._close_semantic()
         return done
+
+    def _model_card(self, version: int, res: RoundResult | None) -> None:
+        """With a registry: the card of the global just published (a failure is logged)."""
+        if self.semantic is None:
+            return
+        try:
+            self.semantic.on_global(version, self.theta, self.last_round, res)
+        except (TinyFleetError, sqlite3.Error, ValueError, OSError) as exc:
+            log.warning("model card for global v%d not written: %s", version, exc)
+
+    def _close_semantic(self) -> None:
+        if self.semantic is not None:
+            self.semantic.close()
+            self.semantic = None
