@@ -42,7 +42,8 @@ def umqtt_source(install: bool = True) -> Path:
         if proc.returncode == 0 and UMQTT.is_file():
             return UMQTT
         raise TinyFleetError(f"could not fetch umqtt.simple: {proc.stderr.strip()[-300:]}")
-    raise TinyFleetError(f"umqtt.simple not found at {UMQTT}; run {FETCH_UMQTT}")
+    raise TinyFleetError(f"umqtt.simple (for the simulated boards) not found at {UMQTT}; "
+                         f"run tools/fetch-umqtt (tools/bootstrap does)")
 
 
 # mpy-cross -march for the native (viper) code of each unix build.

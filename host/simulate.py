@@ -3,8 +3,10 @@
 Every device is a real MicroPython unix process (the 32-bit build by default, with a
 board's heap) running the board code on its own sine task; the coordinator runs in this
 process. After the run, each round's global model is scored on held-out tasks
-(tinyfleet.heldout: 10 shots, k adaptation steps, the devices' integer arithmetic) and a
-report is written: report.json, report.md and loss.png.
+(tinyfleet.metaeval.evaluate_init: 10 shots, k adaptation steps, the devices' integer
+arithmetic; the protocol of `tinyfleet evaluate`), the final global model is compared
+with the random initial weights, and a report is written: report.json, report.md and
+loss.png.
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ class SimResult:
     elapsed: float
     coordinator_ignored: int
     notes: list[str] = field(default_factory=list)
+    # Held-out MSE by adaptation steps ({steps: MSE}) of the final global model
+    # ("fleet") and of the random initial weights ("random"), on the same tasks.
+    comparison: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 class Progress:
@@ -152,9 +157,11 @@ def run(cfg: SimConfig, stream: TextIO | None = None,
     """
     from .checkpoint import Checkpoint
     from .coordinator import Config, Coordinator
-    from .heldout import HeldOut
+    from .fleet import umqtt_source
+    from .metaeval import HeldOutSet, evaluate_init
 
     cfg.check()
+    umqtt_source(install=False)  # before anything starts: one line naming the fix
     stream = stream or sys.stdout
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = Path(cfg.out) if cfg.out else Path("runs") / stamp
@@ -265,15 +272,20 @@ def run(cfg: SimConfig, stream: TextIO | None = None,
     stream.write(f"scoring {len(picks)} global models on {cfg.eval_tasks} held-out tasks "
                  f"(10 shots, {cfg.eval_steps} steps)...\n")
     stream.flush()
-    held = HeldOut.make(cfg.eval_tasks, seed=cfg.seed)
+    held = HeldOutSet.make(cfg.eval_tasks, seed=cfg.seed)
+    steps = sorted({0, 8, cfg.eval_steps})
+    scores = {}
     for i in picks:
-        every[i].heldout_before, every[i].heldout_after = held.evaluate(
-            thetas[i], sizes, cfg.eval_steps, cfg.lr_shift)
+        scores[i] = evaluate_init(thetas[i], sizes, steps=steps, lr_shift=cfg.lr_shift,
+                                  held=held)
+        every[i].heldout_before = scores[i][0]
+        every[i].heldout_after = scores[i][cfg.eval_steps]
+    comparison = {"fleet": scores[n], "random": scores[0]}
     result = SimResult(config={k: (str(v) if isinstance(v, Path) else v)
                                for k, v in asdict(cfg).items() if k != "fleet_key"},
                        out=str(out), rounds=rows, initial=initial, devices=statuses,
                        elapsed=time.monotonic() - t0, coordinator_ignored=ignored,
-                       notes=notes)
+                       notes=notes, comparison=comparison)
     write_report(result, out)
     return result
 
@@ -340,6 +352,20 @@ def write_report(res: SimResult, out: Path) -> None:
           f"{_f(last.heldout_after)}** (round 0 → {last.round}).", "",
           f"![loss](loss.png) — {names[0]}: held-out MSE after adaptation; {names[1]}: "
           f"before adaptation; {names[2]}: devices' mean loss during their k steps.", ""]
+    if res.comparison:
+        fleet, rand = res.comparison["fleet"], res.comparison["random"]
+        cols = sorted(fleet)
+        md += [f"Final global model vs random init: held-out MSE on the same {c['eval_tasks']} "
+               "tasks (10 shots; lower is better):", "",
+               "| init | " + " | ".join("before adaptation" if k == 0 else f"{k} steps"
+                                       for k in cols) + " |",
+               "|---|" + "---:|" * len(cols),
+               f"| fleet global (round {last.round}) | "
+               + " | ".join(_f(fleet[k]) for k in cols) + " |",
+               "| random init (round 0) | " + " | ".join(_f(rand[k]) for k in cols) + " |",
+               "", "For the full method comparison (TinyReptile, Reptile, FedAvg, jointly "
+               "trained, local only, random; fixed point and float) run `tinyfleet evaluate`.",
+               ""]
     shown = [r for r in rows if r.heldout_after == r.heldout_after] or rows
     if len(shown) < len(rows):
         md += [f"Rounds with a held-out score (all {len(rows) - 1} rounds are in report.json):",

@@ -35,7 +35,13 @@ def test_fleet_meta_learns(tmp_path: Path, mosquitto: EmbeddedBroker):  # noqa: 
     report = json.loads((out / "report.json").read_text())
     assert len(report["rounds"]) == 30 and report["initial"]["heldout_after"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Held-out MSE" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "Held-out MSE" in md and "`tinyfleet evaluate`" in md
+    # ...the final global model against the random init, on the same tasks
+    cmp = report["comparison"]
+    assert cmp["random"]["32"] == report["initial"]["heldout_after"]
+    assert cmp["fleet"]["32"] == report["rounds"][-1]["heldout_after"] < cmp["random"]["32"]
+    assert "| fleet global (round 30) |" in md and "| random init (round 0) |" in md
 
 
 def test_fresh_checkpoint_after_a_fleet_ran_is_accepted_by_real_devices(

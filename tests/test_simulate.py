@@ -98,3 +98,22 @@ def test_ctrl_c_stops_every_process(tmp_path: Path):
     assert "tinyfleet: error" not in stderr and "Traceback" not in stderr, stderr
     assert stdout.startswith("broker 127.0.0.1:") and "round" in stdout, stdout
     assert processes_under(out) == []
+
+
+def test_missing_umqtt_is_one_line_naming_fetch_umqtt(tmp_path: Path):
+    # Prepare: a cache with the MicroPython binaries but no umqtt (a clean machine that
+    # has not run tools/fetch-umqtt)
+    from tinyfleet import upy
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "bin").symlink_to(upy.CACHE / "bin")
+    # Execute
+    proc = cli("--devices", "1", "--out", str(tmp_path / "run"),
+               env={**os.environ, "TINYFLEET_CACHE": str(cache)})
+    out, err = proc.communicate(timeout=60)
+    # Assert: exit 1, one line that says what to run; nothing was started
+    assert proc.returncode == 1, (out, err)
+    assert err.startswith("tinyfleet: error: umqtt.simple") and err.count("\n") == 1, err
+    assert "run tools/fetch-umqtt" in err, err
+    assert not (tmp_path / "run" / "broker").exists()
