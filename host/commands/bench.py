@@ -1,5 +1,5 @@
 """`tinyfleet bench <what>`: benchmarks. Each benchmark is a sub-command registered in BENCHES
-(`kernels` today; another, e.g. `rounds`, adds one entry and its own options)."""
+(`kernels`: the learning step on MicroPython; `rounds`: federated rounds of a real fleet)."""
 
 from __future__ import annotations
 
@@ -30,10 +30,31 @@ def _run_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rounds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--devices", type=int, default=4, help="MicroPython devices (default 4)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds to time (default 10)")
+    parser.add_argument("--k", type=int, default=32, help="local SGD steps per round (default 32)")
+    parser.add_argument("--build", choices=["64", "32"], default="32",
+                        help="MicroPython unix port build (default 32: like a board)")
+    parser.add_argument("--heapsize", help="device heap (default: 128k on 32-bit, 256k on 64)")
+
+
+def _run_rounds(args: argparse.Namespace) -> int:
+    from .. import bench_rounds
+
+    report = bench_rounds.run(devices=args.devices, rounds=args.rounds, k=args.k,
+                              build=args.build, heapsize=args.heapsize)
+    print(bench_rounds.to_json(report) if args.json else bench_rounds.format_table(report))
+    return 0
+
+
 # name -> (help, add_arguments, run)
 BENCHES = {
     "kernels": ("µs and bytes per SGD step of each MLP kernel on MicroPython, vs naive and C",
                 _add_kernels, _run_kernels),
+    "rounds": ("round latency and bytes on the wire per device of a real MicroPython fleet",
+               _add_rounds, _run_rounds),
 }
 
 
