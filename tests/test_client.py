@@ -113,6 +113,13 @@ def test_client_lifecycle(device: tuple[Device, Watcher], mosquitto: EmbeddedBro
     old, _ = global_frame(1, seed=13)
     fat = wire.encode(wire.T_GLOBAL, bytes(6000), wire.model_id(MODEL), 4, key=KEY.encode(),
                       chunk_size=2000)[0]  # a small chunk of a message too big to hold
+    # Signed and intact, but for another model, or of another shape under this model's id
+    small = weights.encode([0] * weights.param_count((1, 8, 1)), (1, 8, 1),
+                           weights.DTYPE_Q12, 3)
+    [other_shape] = wire.encode_global(wire.model_id(MODEL), 3, small, KEY.encode(),
+                                       chunk_size=len(small))
+    [other_model] = wire.encode_global(wire.model_id("digits"), 3, small, KEY.encode(),
+                                       chunk_size=len(small))
     cases = [
         (bytes(tampered), "HMAC"),
         (frame3[: len(frame3) // 2], "truncated"),
@@ -122,6 +129,8 @@ def test_client_lifecycle(device: tuple[Device, Watcher], mosquitto: EmbeddedBro
         (fat, "oversize"),
         (b"\x00" * 9000, "oversized"),  # above max_msg: drained before allocation
         (b"garbage \xff\xfe not a frame at all, only noise" * 3, "magic"),
+        (other_shape, "shape"),
+        (other_model, "model id"),
     ]
     for payload, why in cases:
         mark = w.mark()
@@ -129,10 +138,14 @@ def test_client_lifecycle(device: tuple[Device, Watcher], mosquitto: EmbeddedBro
         st = wait_status(w, lambda s: s["state"] == "rejected", mark)
         assert why in st["reason"], (why, st["reason"])
         assert st["version"] == 2 and st["crc"] == crc2, st
+    # A replay of its own version with other (signed) weights is not adopted either.
+    same_version, _ = global_frame(2, seed=99)
+    w.publish(T_GLOBAL, same_version)
     mark = w.mark()
     w.publish(T_ROUND, b"\x01\x02garbage")  # garbage on the round topic too
     st = wait_status(w, lambda s: s["state"] == "rejected", mark)
     assert "round" in st["reason"], st
+    assert st["version"] == 2 and st["crc"] == crc2 and st["accepted"] == 1, st
     assert dev.running, dev.log_tail()
     assert not (dev.root / "model.bin.tmp").exists()
     assert weights.validate((dev.root / "model.bin").read_bytes()).model_version == 2
