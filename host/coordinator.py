@@ -293,6 +293,7 @@ class Coordinator:
     def _on_status(self, dev: str, payload: bytes) -> None:
         if not payload:  # a cleared retained status: the device is gone
             self.online.pop(dev, None)
+            self.held.pop(dev, None)
             return
         try:
             st = self.codec.decode_status(payload)
