@@ -218,6 +218,14 @@ class Device:
     def run_round(self):
         """k SGD steps from the global weights on fresh local samples; send the result."""
         r = self.pending
+        if self.gver > r.round:
+            # The round starts from an older global than this board holds (a coordinator
+            # behind the fleet): an update from other weights than the round's would
+            # corrupt its aggregate, so sit it out and say why.
+            self.pending = None
+            self.reject("round %d skipped: it starts from v%d, this board holds v%d" % (
+                r.round, r.round, self.gver))
+            return
         if self.gver < r.round:
             # The coordinator publishes global v(r) before round r's start: until that
             # push arrives (or if it was refused), wait, learning meanwhile, up to the

@@ -113,6 +113,30 @@ def test_offline_board_learns_and_writes_status(tmp_path: Path, build: str) -> N
     assert r["config"]["password"] == "***" and r["config"]["fleet_key"] == "***", r
 
 
+STALE_ROUND = """
+import json, config, agent
+from tfshared import wire
+d = agent.Device(config.load())
+d.gver = 5  # as if it had accepted global v5
+before = list(d.net.weights)
+d.pending = wire.RoundStart(3, d.model_id, 16, 6, 10000, None)
+d.run_round()
+print(json.dumps({"rounds": d.rounds, "rejected": d.rejected, "reason": d.reason,
+                  "pending": d.pending is None, "same": list(d.net.weights) == before}))
+"""
+
+
+def test_round_from_an_older_global_is_skipped(tmp_path: Path, build: str) -> None:
+    # Prepare: a board holding global v5 (no broker: port 1) is picked for round 3, whose
+    # start is v3 (a coordinator behind the fleet)
+    root = fleet.stage_device(tmp_path / "b", {"id": "a1", "seed": 5, "port": 1}, build)
+    # Execute
+    res = json.loads(run_script(root, "stale.py", STALE_ROUND, build)[-1])
+    # Assert: no round run, no update from the wrong weights, and the reason is reported
+    assert res == {"rounds": 0, "rejected": 1, "pending": True, "same": True,
+                   "reason": "round 3 skipped: it starts from v3, this board holds v5"}, res
+
+
 DESCRIBE = """
 import json, config, agent
 d = agent.Device(config.load())
