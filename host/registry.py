@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS models (
 
 
 def _kib(n: float) -> str:
+    """Bytes in the unit --where takes (k = 1024): 0.6k, 13.8k, 2.0M, 228.9G."""
+    for unit, scale in (("G", 1024 ** 3), ("M", 1024 ** 2)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
     return f"{n / 1024:.1f}k"
 
 

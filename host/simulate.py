@@ -55,6 +55,7 @@ class SimConfig:
     eval_steps: int = 32
     eval_points: int = 20     # global models scored: rounds 0, R/20, 2R/20, ..., R
     startup: float = 60.0     # seconds to wait for every device to come online
+    registry: bool = False    # semantic registry in out/registry.sqlite (a card per round)
 
     def check(self) -> None:
         """Raises: TinyFleetError on an unusable option."""
@@ -201,7 +202,8 @@ def run(cfg: SimConfig, stream: TextIO | None = None,
                       rounds=cfg.rounds, per_round=1 if cfg.strategy == "tinyreptile" else 0,
                       k=cfg.k, lr_shift=cfg.lr_shift, epsilon=cfg.epsilon,
                       deadline=cfg.deadline, min_replies=1, seed=cfg.seed,
-                      key=key.encode() if key else None)
+                      key=key.encode() if key else None,
+                      registry=str(out / "registry.sqlite") if cfg.registry else None)
         coord = Coordinator(ccfg, host, port, ck, client_id=f"tf-coord-{fleet_name}")
 
         def round_done(res: Any) -> None:
@@ -332,16 +334,20 @@ def _f(v: float, digits: int = 3) -> str:
 
 def write_report(res: SimResult, out: Path) -> None:
     """report.json, report.md and loss.png under `out`."""
-    from .lineplot import PALETTE, line_chart
+    from .lineplot import line_chart
 
     rows = [res.initial] + res.rounds
     (out / "report.json").write_text(json.dumps(asdict(res), indent=1, default=str))
+    c = res.config
+    names = ["blue", "red", "green"]  # PALETTE order
     line_chart([[(r.round, r.heldout_after) for r in rows],
                 [(r.round, r.heldout_before) for r in rows],
-                [(r.round, r.device_loss) for r in res.rounds]], out / "loss.png")
-    names = ["blue", "red", "green"]
-    assert len(PALETTE) >= 3
-    c = res.config
+                [(r.round, r.device_loss) for r in res.rounds]], out / "loss.png",
+               labels=[f"held-out mse after {c['eval_steps']} adaptation steps",
+                       "held-out mse before adaptation",
+                       "devices' mean loss in their k local steps"],
+               title=f"{c['task']} fleet, {c['strategy']}: {c['devices']} micropython devices",
+               xlabel="round", ylabel="mse")
     first, last = res.initial, rows[-1]
     md = [f"# TinyFleet simulation ({c['task']}, {c['strategy']})", "",
           f"{c['devices']} MicroPython {c['build']}-bit devices, {len(res.rounds)} of "

@@ -89,3 +89,42 @@ def test_fresh_checkpoint_after_a_fleet_ran_is_accepted_by_real_devices(
             st = json.loads(got[1])
             assert st["rejected"] == 0 and st["rounds"] == 4, st
     watch.close()
+
+
+def test_simulated_fleet_fills_the_semantic_registry(tmp_path: Path, mosquitto: EmbeddedBroker,
+                                                     capsys) -> None:
+    # Prepare: 2 MicroPython devices, 3 rounds, with the registry on
+    from tinyfleet import cli
+
+    cfg = SimConfig(devices=2, rounds=3, out=tmp_path / "run", broker=mosquitto.address,
+                    seed=2, eval_tasks=20, eval_points=1, registry=True)
+    # Execute
+    res = run(cfg, stream=io.StringIO())
+    db = str(tmp_path / "run" / "registry.sqlite")
+    capsys.readouterr()
+    codes = [cli.main(["devices", "--db", db, "--json"]),
+             cli.main(["models", "--db", db, "--all", "--json"]),
+             cli.main(["match", "--model", "sine", "--db", db, "--json"])]
+    devices, models, match = [json.loads(part) for part in _json_documents(
+        capsys.readouterr().out)]
+    # Assert: both boards described themselves, a card per global, both can run it
+    assert codes == [0, 0, 0] and len(res.rounds) == 3
+    assert sorted(d["id"] for d in devices) == ["dev00", "dev01"], devices
+    assert all(d["kernel"] == "viper" and d["runtime"].startswith("MicroPython") for d in devices)
+    assert len(models) == 4, models  # the initial global and one per round
+    assert all(m["parameters"] == 1761 for m in models), models
+    assert sorted((v["device"], v["ok"]) for v in match["boards"]) == [
+        ("dev00", True), ("dev01", True)], match
+
+
+def _json_documents(text: str) -> list[str]:
+    """Split concatenated JSON documents (one per command) printed to stdout."""
+    dec, pos, docs = json.JSONDecoder(), 0, []
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        obj, end = dec.raw_decode(text, pos)
+        docs.append(text[pos:end])
+        pos = end
+    return docs

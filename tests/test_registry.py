@@ -340,3 +340,9 @@ def test_rdf_without_rdflib_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "rdflib", None)  # import rdflib -> ImportError
     with pytest.raises(TinyFleetError, match=r"pip install 'tinyfleet\[semantic\]'"):
         R.to_graph([], [])
+
+
+def test_sizes_print_in_the_unit_that_reads() -> None:
+    # a board's heap in k, a host disk (the unix port's "flash") in G, not 240052040.0k
+    assert [R._kib(n) for n in (600, 14146, 2 * 1024 ** 2, 240052040 * 1024)] == [
+        "0.6k", "13.8k", "2.0M", "228.9G"]

@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="initial weights and selection")
     parser.add_argument("--db", default="tinyfleet-coordinator.sqlite",
                         help="checkpoint database (resumed if it exists)")
+    parser.add_argument("--registry", metavar="PATH",
+                        help="semantic registry: record the boards' self-descriptions, select "
+                             "only boards that can run the model, write a model card per "
+                             "global (read by tinyfleet devices/models/match)")
     parser.add_argument("--fleet-key-env", metavar="VAR",
                         help="environment variable holding the fleet HMAC key "
                              "(text, or hex:...)")
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                  rounds=args.rounds, per_round=per_round, k=args.k, lr_shift=args.lr_shift,
                  epsilon=args.epsilon, epsilon_end=args.epsilon_end, schedule=args.schedule,
                  deadline=args.deadline, min_replies=args.min_replies, attempts=args.attempts,
-                 online_wait=args.online_wait, seed=args.seed, key=key)
+                 online_wait=args.online_wait, seed=args.seed, key=key,
+                 registry=args.registry)
     cfg.check()
 
     stop = threading.Event()

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heapsize", help="device heap (default: 128k on 32-bit, 256k on 64)")
     parser.add_argument("--deadline", type=float, default=20.0,
                         help="seconds a round waits for updates")
+    parser.add_argument("--registry", action="store_true",
+                        help="keep a semantic registry in OUT/registry.sqlite: the boards' "
+                             "Thing Descriptions and a model card per round (slower)")
     parser.add_argument("--unsigned", action="store_true",
                         help="no fleet key (default: a random HMAC key per run)")
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                     strategy=args.strategy, seed=args.seed, k=args.k, lr_shift=args.lr_shift,
                     epsilon=args.epsilon, build=args.build, heapsize=args.heapsize,
                     drift=args.drift, rate=args.rate, deadline=args.deadline,
-                    fleet_key="" if args.unsigned else None)
+                    fleet_key="" if args.unsigned else None, registry=args.registry)
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # the same clean shutdown as Ctrl-C
 
