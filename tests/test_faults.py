@@ -157,7 +157,8 @@ def coordinator_process(broker: EmbeddedBroker, db: Path, rounds: int,
                         log: Path) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-c", _RUNNER, "--broker", broker.address, "--fleet", FLEET,
             "--model", MODEL, "--rounds", str(rounds), "--k", "2000", "--deadline", "10",
-            "--seed", "5", "--fleet-key-env", "TF_FAULT_KEY", "--db", str(db)]
+            "--seed", "5", "--fleet-key-env", "TF_FAULT_KEY", "--db", str(db),
+            "--registry", str(db.with_name("registry.sqlite"))]  # as a user runs it: on
     return subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             env={**os.environ, "TF_FAULT_KEY": KEY})
 

@@ -35,10 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="initial weights and selection")
     parser.add_argument("--db", default="tinyfleet-coordinator.sqlite",
                         help="checkpoint database (resumed if it exists)")
-    parser.add_argument("--registry", metavar="PATH",
+    parser.add_argument("--registry", metavar="PATH", default="tinyfleet-registry.sqlite",
                         help="semantic registry: record the boards' self-descriptions, select "
                              "only boards that can run the model, write a model card per "
-                             "global (read by tinyfleet devices/models/match)")
+                             "global (read by tinyfleet devices/models/match; default: "
+                             "tinyfleet-registry.sqlite)")
+    parser.add_argument("--no-registry", dest="registry", action="store_const", const=None,
+                        help="no registry: select any online board, write no model cards")
     parser.add_argument("--fleet-key-env", metavar="VAR",
                         help="environment variable holding the fleet HMAC key "
                              "(text, or hex:...)")
