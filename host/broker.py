@@ -1,4 +1,5 @@
-"""An embedded Mosquitto broker on a free loopback port, configured for a fleet.
+"""An embedded MQTT broker on a free loopback port, configured for a fleet: Mosquitto if
+installed, else the pure-Python amqtt broker (tinyfleet.pybroker) in a subprocess.
 
 Mosquitto's defaults drop messages when one subscriber (the coordinator) hears a whole
 fleet at once (`max_queued_messages` is 1000 per client), so the generated config raises
@@ -11,8 +12,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 from .errors import TinyFleetError
@@ -34,6 +37,25 @@ def find_mosquitto() -> str | None:
         if os.access(p, os.X_OK):
             return str(p)
     return None
+
+
+KINDS = ("mosquitto", "python")
+
+
+def choose_kind(kind: str | None = None) -> str:
+    """Which broker to run: `kind`, else $TINYFLEET_BROKER, else mosquitto if installed,
+    else python (amqtt).
+
+    Raises:
+        TinyFleetError: `kind` or $TINYFLEET_BROKER is not one of KINDS.
+    """
+    choice = kind or os.environ.get("TINYFLEET_BROKER") or ""
+    if not choice:
+        return "mosquitto" if find_mosquitto() is not None else "python"
+    if choice not in KINDS:
+        raise TinyFleetError(f"unknown broker kind {choice!r} (TINYFLEET_BROKER): "
+                             f"use one of {', '.join(KINDS)}")
+    return choice
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -87,14 +109,20 @@ def render_config(port: int, *, host: str = "127.0.0.1", max_queued: int = 100_0
 
 
 class EmbeddedBroker:
-    """A Mosquitto process on 127.0.0.1:<free port>; a context manager.
+    """A broker process on 127.0.0.1:<free port>; a context manager.
+
+    `kind` is "mosquitto" or "python" (amqtt); None chooses with `choose_kind`. The
+    python broker has no queue limit to raise and keeps nothing on disk, so it ignores
+    `max_queued` and `persistence`.
 
     >>> with EmbeddedBroker() as b:      # doctest: +SKIP
     ...     client.connect(b.host, b.port)
     """
 
     def __init__(self, *, port: int = 0, max_queued: int = 100_000, persistence: bool = False,
-                 workdir: str | Path | None = None, startup_timeout: float = 10.0) -> None:
+                 workdir: str | Path | None = None, startup_timeout: float = 10.0,
+                 kind: str | None = None) -> None:
+        self.kind = kind  # resolved at start()
         self.host = "127.0.0.1"
         self.fixed_port = port  # 0: a free port, chosen at start()
         self.port = port
@@ -112,26 +140,38 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def start(self) -> EmbeddedBroker:
-        """Start mosquitto and wait until it accepts TCP connections.
+        """Start the broker and wait until it accepts TCP connections.
 
         Raises:
-            TinyFleetError: mosquitto is not installed or does not come up.
+            TinyFleetError: the chosen broker is not installed or does not come up.
         """
-        exe = find_mosquitto()
-        if exe is None or not os.access(exe, os.X_OK):
-            raise TinyFleetError(f"mosquitto not found ({exe or 'not on PATH'}): install it "
-                                 "(apt-get install mosquitto) or pass --broker HOST:PORT")
+        self.kind = choose_kind(self.kind)
+        if self.kind == "python":
+            if find_spec("amqtt") is None:
+                raise TinyFleetError("no MQTT broker: mosquitto is not installed and neither is "
+                                     "the Python fallback amqtt; install one (apt-get install "
+                                     "mosquitto, or pip install amqtt) or pass --broker HOST:PORT")
+            self.log_path = self.workdir / "pybroker.log"
+        else:
+            exe = find_mosquitto()
+            if exe is None or not os.access(exe, os.X_OK):
+                raise TinyFleetError(f"mosquitto not found ({exe or 'not on PATH'}): install "
+                                     "it (apt-get install mosquitto) or pass --broker HOST:PORT")
         last_err = ""
         for _attempt in range(1 if self.fixed_port else 5):
-            # A free port may be taken by another process before mosquitto binds it: retry.
+            # A free port may be taken by another process before the broker binds it: retry.
             self.port = self.fixed_port or free_port(self.host)
-            conf = self.workdir / "mosquitto.conf"
-            pdir = self.workdir if self.persistence else None
-            conf.write_text(render_config(self.port, host=self.host,
-                                          max_queued=self.max_queued, persistence_dir=pdir))
+            if self.kind == "python":
+                cmd = [sys.executable, "-m", "tinyfleet.pybroker", str(self.port), self.host]
+            else:
+                conf = self.workdir / "mosquitto.conf"
+                pdir = self.workdir if self.persistence else None
+                conf.write_text(render_config(self.port, host=self.host,
+                                              max_queued=self.max_queued, persistence_dir=pdir))
+                cmd = [exe, "-c", str(conf)]
             log = open(self.log_path, "ab")
             try:
-                self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log,
+                self.proc = subprocess.Popen(cmd, stdout=log,
                                              stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL)
             finally:
@@ -140,7 +180,8 @@ class EmbeddedBroker:
                 return self
             last_err = self._tail_log()
             self._kill()
-        raise TinyFleetError(f"mosquitto did not start: {last_err or 'no log output'}")
+        name = "amqtt broker" if self.kind == "python" else "mosquitto"
+        raise TinyFleetError(f"{name} did not start: {last_err or 'no log output'}")
 
     def _wait_ready(self) -> bool:
         assert self.proc is not None
