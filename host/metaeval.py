@@ -80,6 +80,9 @@ class Settings:
     recovery_target: float = 0.5    # MSE a drifted board has to reach
     recovery_max: int = 256         # samples it gets to do so
     recovery_every: int = 4         # MSE checked every this many samples
+    first_seed: int = 0             # seeds are first_seed .. first_seed + seeds - 1
+    drift_samples: int | None = None  # samples between drifts (None: drift_rounds * k)
+    epsilon: float = 1.0            # Reptile/TinyReptile ε at the first round (→ 0)
 
     def __post_init__(self) -> None:
         ref.layers(self.sizes)  # raises on a bad shape
@@ -92,6 +95,8 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if not 1 <= self.lr_shift <= 30:
             raise ValueError(f"lr_shift must be 1..30, got {self.lr_shift}")
+        if self.drift_samples is not None and self.drift_samples < 0:
+            raise ValueError(f"drift_samples must be >= 0, got {self.drift_samples}")
         if not self.steps or min(self.steps) < 0:
             raise ValueError(f"steps must be non-negative, got {self.steps}")
         if self.sizes[0] != 1 or self.sizes[-1] != 1:
@@ -104,8 +109,15 @@ class Settings:
 
     @property
     def drift(self) -> int:
-        """Samples between a board's task changes."""
+        """Samples between a board's task changes (0: never)."""
+        if self.drift_samples is not None:
+            return self.drift_samples
         return self.drift_rounds * self.k
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds simulated (initial weights, boards' streams, the joint shuffle)."""
+        return list(range(self.first_seed, self.first_seed + self.seeds))
 
 
 # --------------------------------------------------------- batched SGD, in place
@@ -409,10 +421,10 @@ def evaluate_init(w_q24: Sequence[int] | I64, sizes: Sequence[int], tasks: int =
 
 # -------------------------------------------------------------------- methods
 
-def _epsilons(method: str, rounds: int, schedule: str) -> list[float]:
+def _epsilons(method: str, rounds: int, schedule: str, eps0: float = 1.0) -> list[float]:
     if method == "fedavg":
         return [1.0] * rounds
-    return [strategies.epsilon_at(schedule, i, rounds) for i in range(rounds)]
+    return [strategies.epsilon_at(schedule, i, rounds, eps0) for i in range(rounds)]
 
 
 def federated(theta0: F64, xs: I64, ys: I64, method: str, settings: Settings,
@@ -430,7 +442,7 @@ def federated(theta0: F64, xs: I64, ys: I64, method: str, settings: Settings,
     rounds = settings.rounds * (n_b if serial else 1)
     agg = strategies.AGGREGATORS[method]
     theta = np.array(theta0, dtype=np.float64)
-    for r, eps in enumerate(_epsilons(method, rounds, settings.schedule)):
+    for r, eps in enumerate(_epsilons(method, rounds, settings.schedule, settings.epsilon)):
         sel = [r % n_b] if serial else list(range(n_b))
         c = r // n_b if serial else r
         start = _send(theta, arith, settings.wire)  # (S, P)
@@ -605,14 +617,16 @@ def check_targets(mse: dict[str, dict[str, dict[int, float]]], at: int) -> list[
 
 def run_arith(settings: Settings, arith: str, methods: Sequence[str] = METHODS,
               recovery: bool = True,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None,
+              recovery_methods: Sequence[str] = ("tinyreptile", "reptile")) -> dict[str, Any]:
     """Train every method for every seed with one arithmetic and score them.
 
+    Drift recovery runs from the first seed's init of each of `recovery_methods` trained.
     Returns {"per_seed": {method: {steps: [MSE per seed]}}, "recovery": {...},
     "seconds": {method: s}}.
     """
     st = settings
-    seeds = list(range(st.seeds))
+    seeds = st.seed_list
     steps = sorted({0, *st.steps})
     held = HeldOutSet.make(st.tasks, st.shots, st.queries, st.heldout_seed)
     init = np.stack([ref.init_weights(st.sizes, s) for s in seeds])
@@ -638,7 +652,7 @@ def run_arith(settings: Settings, arith: str, methods: Sequence[str] = METHODS,
     rec: dict[str, Any] = {}
     if recovery:
         t0 = time.perf_counter()
-        for meta in ("tinyreptile", "reptile"):
+        for meta in recovery_methods:
             if meta in finals:
                 rec[meta] = drift_recovery(finals[meta][0], st, arith)
         seconds["recovery"] = time.perf_counter() - t0
@@ -675,6 +689,14 @@ def run(settings: Settings, ariths: Sequence[str] = ARITHMETICS,
                 progress(f"{a}: done in {sum(r['seconds'].values()):.1f} s")
     else:
         results = [run_arith(settings, a, methods, recovery, progress) for a in ariths]
+    rep = make_report(settings, ariths, results)
+    rep.timing["total"] = time.perf_counter() - t0
+    return rep
+
+
+def make_report(settings: Settings, ariths: Sequence[str],
+                results: Sequence[dict[str, Any]]) -> Report:
+    """A Report from run_arith's results, one per arithmetic (timing["total"] unset)."""
     sdict = asdict(settings)
     sdict["samples_per_board"] = settings.samples_per_board
     sdict["drift_samples"] = settings.drift
@@ -686,7 +708,6 @@ def run(settings: Settings, ariths: Sequence[str] = ARITHMETICS,
         rep.recovery[a] = r["recovery"]
         rep.timing.update({f"{a}:{m}": s for m, s in r["seconds"].items()})
     rep.targets = check_targets(rep.mse, max(settings.steps))
-    rep.timing["total"] = time.perf_counter() - t0
     return rep
 
 

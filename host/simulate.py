@@ -4,9 +4,10 @@ Every device is a real MicroPython unix process (the 32-bit build by default, wi
 board's heap) running the board code on its own sine task; the coordinator runs in this
 process. After the run, each round's global model is scored on held-out tasks
 (tinyfleet.metaeval.evaluate_init: 10 shots, k adaptation steps, the devices' integer
-arithmetic; the protocol of `tinyfleet evaluate`), the final global model is compared
-with the random initial weights, and a report is written: report.json, report.md and
-loss.png.
+arithmetic; the protocol of `tinyfleet evaluate`). Meanwhile tinyfleet.metaeval simulates
+the other methods with the same settings (boards, rounds, k, lr, drift, seed) in two
+low-priority processes, and the report compares the real fleet's final global model with
+them on the same held-out tasks and shots: report.json, report.md and loss.png.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class SimConfig:
     eval_points: int = 20     # global models scored: rounds 0, R/20, 2R/20, ..., R
     startup: float = 60.0     # seconds to wait for every device to come online
     registry: bool = False    # semantic registry in out/registry.sqlite (a card per round)
+    evaluation: bool = True   # metaeval's methods with the same settings, beside the fleet
+    eval_float: bool = True   # ... with the float64 reference as well as fixed point
+    recovery_tasks: int = 100  # drift-recovery tasks (0: none)
 
     def check(self) -> None:
         """Raises: TinyFleetError on an unusable option."""
@@ -69,6 +73,8 @@ class SimConfig:
             raise TinyFleetError("--lr-shift must be 1..30")
         if self.build not in ("32", "64"):
             raise TinyFleetError("--build must be 32 or 64")
+        if self.eval_tasks < 1:
+            raise TinyFleetError("--eval-tasks must be >= 1")
 
 
 @dataclass
@@ -99,6 +105,76 @@ class SimResult:
     # Held-out MSE by adaptation steps ({steps: MSE}) of the final global model
     # ("fleet") and of the random initial weights ("random"), on the same tasks.
     comparison: dict[str, dict[int, float]] = field(default_factory=dict)
+    # metaeval's methods with the run's settings beside this fleet (Evaluation.to_json)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+FLEET_LABEL = "this fleet (MicroPython, over MQTT)"
+ARITH_TEXT = {"fixed": "fixed: the boards' integer arithmetic, exactly",
+              "float": "float: the float64 reference"}
+# The metaeval method that simulates each strategy ("local" never moves the global model).
+SAME_METHOD = {"reptile": "reptile", "tinyreptile": "tinyreptile", "fedavg": "fedavg",
+               "local": "random"}
+
+
+def eval_settings(cfg: SimConfig) -> Any:
+    """metaeval.Settings for the methods beside a simulated fleet: its boards, rounds, k,
+    lr, drift (in samples), first ε, seed (one seed) and held-out tasks. TinyReptile runs
+    rounds x boards serial rounds there, so for a tinyreptile fleet the batched methods
+    get rounds / boards (rounded up) and TinyReptile about the fleet's own rounds."""
+    from .metaeval import Settings
+
+    rounds = cfg.rounds
+    if cfg.strategy == "tinyreptile":
+        rounds = -(-cfg.rounds // cfg.devices)
+    return Settings(sizes=TASKS[cfg.task], boards=cfg.devices, rounds=rounds, k=cfg.k,
+                    lr_shift=cfg.lr_shift, seeds=1, first_seed=cfg.seed,
+                    tasks=cfg.eval_tasks, steps=tuple(sorted({8, cfg.eval_steps})),
+                    heldout_seed=cfg.seed, drift_samples=cfg.drift, epsilon=cfg.epsilon,
+                    recovery_tasks=max(cfg.recovery_tasks, 1))
+
+
+def _eval_worker_init() -> None:
+    import os
+    os.nice(10)  # the fleet's processes come first
+
+
+def _eval_arith(settings: Any, arith: str, recovery: tuple[str, ...]) -> dict[str, Any]:
+    from .metaeval import run_arith
+    return run_arith(settings, arith, recovery=bool(recovery), recovery_methods=recovery)
+
+
+class EvalJob:
+    """metaeval's methods for a fleet's settings, one spawned low-priority process per
+    arithmetic, running while the fleet does."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        import multiprocessing
+
+        self.settings = eval_settings(cfg)
+        self.ariths = ("fixed", "float") if cfg.eval_float else ("fixed",)
+        meta = "tinyreptile" if cfg.strategy == "tinyreptile" else "reptile"
+        self.recovery = (meta,) if cfg.drift and cfg.recovery_tasks else ()
+        self.t0 = time.monotonic()
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        self.pool = ctx.Pool(len(self.ariths), initializer=_eval_worker_init)
+        self.jobs = [self.pool.apply_async(_eval_arith, (self.settings, a, self.recovery))
+                     for a in self.ariths]
+
+    def report(self) -> Any:
+        """Wait for the results: a metaeval.Report (timing["total"]: since the start)."""
+        from .metaeval import make_report
+
+        results = [j.get() for j in self.jobs]
+        self.pool.close()
+        self.pool.join()
+        rep = make_report(self.settings, self.ariths, results)
+        rep.timing["total"] = time.monotonic() - self.t0
+        return rep
+
+    def terminate(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
 
 
 class Progress:
@@ -164,6 +240,7 @@ def run(cfg: SimConfig, stream: TextIO | None = None,
     cfg.check()
     umqtt_source(install=False)  # before anything starts: one line naming the fix
     stream = stream or sys.stdout
+    job = EvalJob(cfg) if cfg.evaluation else None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = Path(cfg.out) if cfg.out else Path("runs") / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +335,10 @@ def run(cfg: SimConfig, stream: TextIO | None = None,
         if dead:
             notes.append("devices that exited during the run: "
                          + ", ".join(d.id for d in dead))
+    except BaseException:
+        if job is not None:
+            job.terminate()
+        raise
     finally:
         stop.set()
         if fleet is not None:
@@ -270,26 +351,96 @@ def run(cfg: SimConfig, stream: TextIO | None = None,
     initial = RoundRow(0, "init", float("nan"), [], [], float("nan"), 0.0)
     every = [initial] + rows
     n = len(every) - 1
-    picks = sorted({round(i * n / cfg.eval_points) for i in range(cfg.eval_points + 1)})
-    stream.write(f"scoring {len(picks)} global models on {cfg.eval_tasks} held-out tasks "
-                 f"(10 shots, {cfg.eval_steps} steps)...\n")
-    stream.flush()
-    held = HeldOutSet.make(cfg.eval_tasks, seed=cfg.seed)
-    steps = sorted({0, 8, cfg.eval_steps})
-    scores = {}
-    for i in picks:
-        scores[i] = evaluate_init(thetas[i], sizes, steps=steps, lr_shift=cfg.lr_shift,
-                                  held=held)
-        every[i].heldout_before = scores[i][0]
-        every[i].heldout_after = scores[i][cfg.eval_steps]
-    comparison = {"fleet": scores[n], "random": scores[0]}
+    evaluation: dict[str, Any] = {}
+    try:  # metaeval is still running: stop it if this fails or is interrupted
+        picks = sorted({round(i * n / cfg.eval_points) for i in range(cfg.eval_points + 1)})
+        stream.write(f"scoring {len(picks)} global models on {cfg.eval_tasks} held-out tasks "
+                     f"(10 shots, {cfg.eval_steps} steps)...\n")
+        stream.flush()
+        held = HeldOutSet.make(cfg.eval_tasks, seed=cfg.seed)
+        steps = sorted({0, 8, cfg.eval_steps})
+        scores = {}
+        for i in picks:
+            scores[i] = evaluate_init(thetas[i], sizes, steps=steps, lr_shift=cfg.lr_shift,
+                                      held=held)
+            every[i].heldout_before = scores[i][0]
+            every[i].heldout_after = scores[i][cfg.eval_steps]
+        comparison = {"fleet": scores[n], "random": scores[0]}
+        if job is not None:
+            evaluation = _evaluation(cfg, job, thetas[n], n, scores[n], held, statuses, stream)
+    except BaseException:
+        if job is not None:
+            job.terminate()
+        raise
     result = SimResult(config={k: (str(v) if isinstance(v, Path) else v)
                                for k, v in asdict(cfg).items() if k != "fleet_key"},
                        out=str(out), rounds=rows, initial=initial, devices=statuses,
                        elapsed=time.monotonic() - t0, coordinator_ignored=ignored,
-                       notes=notes, comparison=comparison)
+                       notes=notes, comparison=comparison, evaluation=evaluation)
     write_report(result, out)
     return result
+
+
+def _evaluation(cfg: SimConfig, job: EvalJob, theta: np.ndarray, last: int,
+                fleet_fixed: dict[int, float], held: Any, statuses: dict[str, dict[str, Any]],
+                stream: TextIO) -> dict[str, Any]:
+    """The fleet's final global beside metaeval's methods, on the same held-out tasks."""
+    from .metaeval import drift_recovery, evaluate_init, to_master
+
+    st = job.settings
+    sizes = TASKS[cfg.task]
+    steps = [0, *st.steps]
+    stream.write(f"evaluation: {' and '.join(job.ariths)} arithmetic, 1 seed, {st.tasks} held-out "
+                 f"tasks, {st.boards} boards x {st.rounds} rounds x k = {st.k}; waiting for "
+                 "metaeval's methods...\n")
+    stream.flush()
+    fleet = {"fixed": fleet_fixed}
+    if "float" in job.ariths:
+        fleet["float"] = evaluate_init(theta, sizes, steps=steps, lr_shift=cfg.lr_shift,
+                                       arith="float", held=held)
+    recovery = {}
+    if job.recovery:  # from the fleet's global, as a board running it would
+        recovery["fixed"] = drift_recovery(to_master(np.asarray(theta, dtype=np.float64)),
+                                           st, "fixed")
+    rep = job.report()
+    same, at = SAME_METHOD[cfg.strategy], max(st.steps)
+    ratio = {a: fleet[a][at] / rep.mse[a][same][at] for a in job.ariths}
+    targets = []
+    for a in job.ariths:
+        for base, goal in (("joint", 1.5), ("random", 4.0)):
+            r = rep.mse[a][base][at] / fleet[a][at]
+            targets.append({"target": f"{a}: {base} / this fleet", "ratio": r, "goal": goal,
+                            "sense": ">=", "met": bool(r >= goal * (1 - 1e-9))})
+    per_round = [d["samples"] / d["rounds"] for d in statuses.values()
+                 if d.get("rounds") and d.get("samples")]
+    notes = [
+        f"Methods: tinyfleet.metaeval with this run's settings ({st.boards} boards, "
+        f"{st.rounds} batched rounds, {st.rounds * st.boards} TinyReptile rounds, k = {st.k}, "
+        f"lr 2^-{st.lr_shift}, drift every {st.drift} samples, ε {st.epsilon:g} → 0, seed "
+        f"{st.first_seed}, int16 Q12 on the wire), 1 seed (`tinyfleet evaluate` averages 3); "
+        f"drift recovery on {st.recovery_tasks} tasks, for "
+        f"{', '.join(job.recovery) or 'no method (no drift)'} and this fleet, fixed point.",
+        f"Same held-out tasks, shots and query points for every row ({st.tasks} tasks, "
+        f"{st.shots} shots): the random-init row is round 0's score.",
+        "The simulation gives each board exactly k fresh samples per round; the real "
+        f"devices also learn online between rounds (--rate {cfg.rate}/s: "
+        + (f"{np.mean(per_round):.1f} samples per round on average here" if per_round
+           else "samples per round unknown")
+        + "), so their tasks drift at other rounds and each round sees other draws of the "
+        "same task distribution: the fleet and the simulation are the same procedure, not "
+        "the same samples, and one seed of each. Two runs of the same fleet already differ "
+        "(timing decides which samples a round sees), so a ratio near 1 means agreement "
+        "within that spread, not an exact match."]
+    if cfg.strategy == "local":
+        notes.append("local: the global model never moves, so the fleet is compared with "
+                     "the random init.")
+    out = {"label": FLEET_LABEL, "strategy": cfg.strategy, "same_method": same, "steps": at,
+           "fleet": {"round": last, "mse": {a: {str(k): v for k, v in m.items()}
+                                            for a, m in fleet.items()},
+                     "recovery": recovery},
+           "ratio": ratio, "fleet_targets": targets, "methods": rep.to_json(),
+           "notes": notes, "seconds": rep.timing["total"]}
+    return out
 
 
 def _wait_online(cfg: SimConfig, fleet: Fleet, watcher: Watcher, fleet_name: str,
@@ -332,6 +483,58 @@ def _f(v: float, digits: int = 3) -> str:
     return "-" if v != v else f"{v:.{digits}f}"
 
 
+def evaluation_markdown(ev: dict[str, Any]) -> list[str]:
+    """report.md's evaluation section: `tinyfleet evaluate`'s table with the fleet's row,
+    the targets, drift recovery and how the fleet compares with its simulation."""
+    from . import metaeval
+
+    m = ev["methods"]
+    rep = metaeval.Report(settings=m["settings"], recovery=m["recovery"], targets=m["targets"],
+                          mse={a: {k: {int(n): v for n, v in per.items()}
+                                   for k, per in by.items()} for a, by in m["mse"].items()})
+    head, rows = metaeval.table_rows(rep)
+    ariths = list(rep.mse)
+    steps = [0, *[int(s) for s in rep.settings["steps"]]]
+    fl = ev["fleet"]["mse"]
+    row = [f"**{ev['label']}**, round {ev['fleet']['round']}"] + [
+        metaeval._f(fl[a][str(n)]) for n in steps for a in ariths]
+    if len(ariths) == 2:
+        at = str(max(steps))
+        row.append(metaeval._f(fl["fixed"][at] / fl["float"][at], 2))
+    same, at = ev["same_method"], ev["steps"]
+    md = ["## Evaluation: this fleet beside every method, same settings", "",
+          f"Held-out MSE after N adaptation steps (0: before adaptation) on "
+          f"{rep.settings['tasks']} sine tasks, {rep.settings['shots']} shots, the same "
+          f"for every row; lower is better. Methods simulated by tinyfleet.metaeval "
+          f"({'; '.join(ARITH_TEXT[a] for a in ariths)}). This fleet trained in fixed "
+          "point; its float columns adapt its global model with the float reference.", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+          "| " + " | ".join(row) + " |"]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    md += [""]
+    for a, r in ev["ratio"].items():
+        md.append(f"- {a}: this fleet's MSE after {at} steps is **{r:.2f}x** metaeval's "
+                  f"simulation of the same strategy ({metaeval.LABELS[same]}): "
+                  f"{fl[a][str(at)]:.3f} vs {rep.mse[a][same][at]:.3f}.")
+    md += ["", "| target | ratio | goal | met |", "|---|---|---|---|"]
+    md += [f"| {t['target']} | {t['ratio']:.2f} | {t['sense']} {t['goal']:.2f} | "
+           f"{'yes' if t['met'] else 'no'} |" for t in [*ev["fleet_targets"], *rep.targets]]
+    recs = [(a, meta, r) for a, rec in rep.recovery.items() for meta, r in rec.items()]
+    recs += [(a, "this fleet", r) for a, r in ev["fleet"]["recovery"].items()]
+    if recs:
+        md += ["", "Drift recovery: samples a board needs after its task drifts to reach the "
+               "target MSE on the new task (median and mean over tasks; a task that never "
+               "gets there counts as the maximum).", "",
+               "| arithmetic | init | target | from meta init | from previous weights |",
+               "|---|---|---|---|---|"]
+        md += [f"| {a} | {meta} | {r['target']} | {metaeval._samples_text(r['from_init'])} | "
+               f"{metaeval._samples_text(r['from_previous'])} |" for a, meta, r in recs]
+    md += [""] + [f"- {n}" for n in ev["notes"]]
+    md += [f"- metaeval ran beside the fleet in low-priority processes; "
+           f"{ev['seconds']:.0f} s from start to its last result.", ""]
+    return md
+
+
 def write_report(res: SimResult, out: Path) -> None:
     """report.json, report.md and loss.png under `out`."""
     from .lineplot import line_chart
@@ -369,9 +572,13 @@ def write_report(res: SimResult, out: Path) -> None:
                f"| fleet global (round {last.round}) | "
                + " | ".join(_f(fleet[k]) for k in cols) + " |",
                "| random init (round 0) | " + " | ".join(_f(rand[k]) for k in cols) + " |",
-               "", "For the full method comparison (TinyReptile, Reptile, FedAvg, jointly "
-               "trained, local only, random; fixed point and float) run `tinyfleet evaluate`.",
                ""]
+        if not res.evaluation:
+            md += ["For the full method comparison (TinyReptile, Reptile, FedAvg, jointly "
+                   "trained, local only, random; fixed point and float) run `tinyfleet "
+                   "evaluate`, or simulate without --no-evaluation.", ""]
+    if res.evaluation:
+        md += evaluation_markdown(res.evaluation)
     shown = [r for r in rows if r.heldout_after == r.heldout_after] or rows
     if len(shown) < len(rows):
         md += [f"Rounds with a held-out score (all {len(rows) - 1} rounds are in report.json):",

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 from tinyfleet.broker import EmbeddedBroker
+from tinyfleet.metaeval import LABELS
 from tinyfleet.simulate import SimConfig, run
 
 
 def test_fleet_meta_learns(tmp_path: Path, mosquitto: EmbeddedBroker):  # noqa: F811
     # Prepare
     cfg = SimConfig(devices=4, rounds=30, out=tmp_path / "run", broker=mosquitto.address,
-                    seed=1, eval_tasks=60, eval_points=2, deadline=20)
+                    seed=1, eval_tasks=60, eval_points=2, deadline=20, recovery_tasks=20)
     log = io.StringIO()
     # Execute
     res = run(cfg, stream=log)
@@ -36,12 +38,40 @@ def test_fleet_meta_learns(tmp_path: Path, mosquitto: EmbeddedBroker):  # noqa: 
     assert len(report["rounds"]) == 30 and report["initial"]["heldout_after"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
-    assert "Held-out MSE" in md and "`tinyfleet evaluate`" in md
+    assert "Held-out MSE" in md
     # ...the final global model against the random init, on the same tasks
     cmp = report["comparison"]
     assert cmp["random"]["32"] == report["initial"]["heldout_after"]
     assert cmp["fleet"]["32"] == report["rounds"][-1]["heldout_after"] < cmp["random"]["32"]
     assert "| fleet global (round 30) |" in md and "| random init (round 0) |" in md
+    # ...and beside every method metaeval simulates with the same settings (1 seed, seed 1,
+    # 4 boards x 30 rounds), scored on the same held-out tasks and shots
+    ev = report["evaluation"]
+    methods = ev["methods"]
+    assert methods["settings"]["boards"] == 4 and methods["settings"]["rounds"] == 30
+    assert methods["settings"]["first_seed"] == 1 and methods["settings"]["tasks"] == 60
+    assert set(methods["mse"]) == {"fixed", "float"}
+    for arith in ("fixed", "float"):
+        assert set(methods["mse"][arith]) == {"tinyreptile", "reptile", "fedavg", "joint",
+                                              "local", "random"}
+        for per in [*methods["mse"][arith].values(), ev["fleet"]["mse"][arith]]:
+            assert set(per) == {"0", "8", "32"} and all(_finite(v) for v in per.values()), per
+        assert _finite(ev["ratio"][arith]), ev["ratio"]
+    # same tasks, shots and initial weights: metaeval's random row is the fleet's round 0
+    assert methods["mse"]["fixed"]["random"] == cmp["random"]
+    assert ev["fleet"]["mse"]["fixed"] == cmp["fleet"]
+    assert ev["ratio"]["fixed"] == cmp["fleet"]["32"] / methods["mse"]["fixed"]["reptile"]["32"]
+    assert ev["same_method"] == "reptile" and ev["fleet"]["round"] == 30
+    rec = ev["fleet"]["recovery"]["fixed"]
+    assert rec["tasks"] == 20 and set(methods["recovery"]["fixed"]) == {"reptile"}
+    assert all(_finite(rec[s]["mean_samples_capped"]) for s in ("from_init", "from_previous"))
+    assert all(_finite(t["ratio"]) for t in ev["fleet_targets"] + methods["targets"])
+    table = md[md.index("## Evaluation"):]
+    for label in ["**this fleet (MicroPython, over MQTT)**, round 30", *LABELS.values()]:
+        assert f"| {label} |" in table, (label, table)
+    assert "x** metaeval's simulation of the same strategy" in table
+    assert "| fixed: joint / this fleet |" in table and "| fixed: random / reptile |" in table
+    assert "| fixed | this fleet | 0.5 |" in table and "| fixed | reptile | 0.5 |" in table
 
 
 def test_fresh_checkpoint_after_a_fleet_ran_is_accepted_by_real_devices(
@@ -97,7 +127,7 @@ def test_simulated_fleet_fills_the_semantic_registry(tmp_path: Path, mosquitto: 
     from tinyfleet import cli
 
     cfg = SimConfig(devices=2, rounds=3, out=tmp_path / "run", broker=mosquitto.address,
-                    seed=2, eval_tasks=20, eval_points=1, registry=True)
+                    seed=2, eval_tasks=20, eval_points=1, registry=True, evaluation=False)
     # Execute
     res = run(cfg, stream=io.StringIO())
     db = str(tmp_path / "run" / "registry.sqlite")
@@ -109,12 +139,18 @@ def test_simulated_fleet_fills_the_semantic_registry(tmp_path: Path, mosquitto: 
         capsys.readouterr().out)]
     # Assert: both boards described themselves, a card per global, both can run it
     assert codes == [0, 0, 0] and len(res.rounds) == 3
+    md = (tmp_path / "run" / "report.md").read_text()  # --no-evaluation: a pointer instead
+    assert res.evaluation == {} and "## Evaluation" not in md and "`tinyfleet evaluate`" in md
     assert sorted(d["id"] for d in devices) == ["dev00", "dev01"], devices
     assert all(d["kernel"] == "viper" and d["runtime"].startswith("MicroPython") for d in devices)
     assert len(models) == 4, models  # the initial global and one per round
     assert all(m["parameters"] == 1761 for m in models), models
     assert sorted((v["device"], v["ok"]) for v in match["boards"]) == [
         ("dev00", True), ("dev01", True)], match
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _json_documents(text: str) -> list[str]:

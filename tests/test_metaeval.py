@@ -290,3 +290,24 @@ def test_cli_bad_option_is_one_line(capsys) -> None:
     assert cli.main(["evaluate", "--rounds", "0", "--out", "/tmp/unused-tf-eval"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["tinyfleet: error: rounds must be >= 1, got 0"]
+
+
+def test_a_simulated_fleets_settings_seed_drift_and_first_epsilon() -> None:
+    # Prepare: `tinyfleet simulate --seed 2 --drift 40 --epsilon 0.5` as metaeval settings
+    st = metaeval.Settings(sizes=SMALL, boards=2, rounds=3, k=4, seeds=1, first_seed=2,
+                           tasks=6, queries=10, drift_samples=40, epsilon=0.5)
+    # Execute
+    res = metaeval.run_arith(st, "fixed", methods=("reptile", "random"), recovery=True,
+                             recovery_methods=("reptile",))
+    rep = metaeval.make_report(st, ("fixed",), [res])
+    # Assert: seed 2's init and held-out tasks of heldout_seed; drift in samples; ε from 0.5
+    assert st.seed_list == [2] and st.drift == 40 and rep.settings["drift_samples"] == 40
+    assert metaeval.Settings(drift_samples=0).drift == 0  # never drifts
+    want = metaeval.evaluate_init(ref.init_weights(SMALL, 2), SMALL, tasks=6, steps=(0, 8, 32),
+                                  held=metaeval.HeldOutSet.make(6, queries=10))
+    assert rep.mse["fixed"]["random"] == want
+    assert set(rep.recovery["fixed"]) == {"reptile"}
+    assert metaeval._epsilons("reptile", 4, "linear", 0.5) == [0.5, 0.375, 0.25, 0.125]
+    assert metaeval._epsilons("fedavg", 2, "linear", 0.5) == [1.0, 1.0]
+    with pytest.raises(ValueError, match="drift_samples"):
+        metaeval.Settings(drift_samples=-1)

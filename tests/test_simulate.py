@@ -41,6 +41,20 @@ def processes_under(out: Path) -> list[str]:
     return found
 
 
+def children(ppid: int) -> dict[str, str]:
+    """{pid: command line} of the live child processes of `ppid`."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == ppid:
+            found[pid] = cmd
+    return found
+
+
 def test_progress_line_tty_and_plain():
     plain = io.StringIO()
     p = Progress(10, plain, every=0.0)
@@ -90,6 +104,8 @@ def test_ctrl_c_stops_every_process(tmp_path: Path):
         assert time.monotonic() < deadline, "no round started within 60 s"
         time.sleep(0.2)
     assert len(processes_under(out)) >= 5  # 4 devices and the broker
+    workers = children(proc.pid)  # metaeval's two processes (and multiprocessing's tracker)
+    assert len([c for c in workers.values() if "spawn_main" in c]) == 2, workers
     # Execute
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
@@ -98,6 +114,8 @@ def test_ctrl_c_stops_every_process(tmp_path: Path):
     assert "tinyfleet: error" not in stderr and "Traceback" not in stderr, stderr
     assert stdout.startswith("broker 127.0.0.1:") and "round" in stdout, stdout
     assert processes_under(out) == []
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"] == []
 
 
 def test_missing_umqtt_is_one_line_naming_fetch_umqtt(tmp_path: Path):

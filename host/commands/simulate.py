@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", action="store_true",
                         help="keep a semantic registry in OUT/registry.sqlite: the boards' "
                              "Thing Descriptions and a model card per round (slower)")
+    parser.add_argument("--no-evaluation", action="store_true",
+                        help="skip the method comparison (metaeval's TinyReptile, Reptile, "
+                             "FedAvg, jointly trained, local-only and random init with the "
+                             "same settings, beside this fleet)")
+    parser.add_argument("--eval-tasks", type=int, default=100,
+                        help="held-out tasks every model is scored on (100)")
     parser.add_argument("--unsigned", action="store_true",
                         help="no fleet key (default: a random HMAC key per run)")
 
@@ -47,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
                     strategy=args.strategy, seed=args.seed, k=args.k, lr_shift=args.lr_shift,
                     epsilon=args.epsilon, build=args.build, heapsize=args.heapsize,
                     drift=args.drift, rate=args.rate, deadline=args.deadline,
-                    fleet_key="" if args.unsigned else None, registry=args.registry)
+                    fleet_key="" if args.unsigned else None, registry=args.registry,
+                    evaluation=not args.no_evaluation, eval_tasks=args.eval_tasks)
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # the same clean shutdown as Ctrl-C
 
@@ -60,5 +67,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"held-out MSE after {cfg.eval_steps} steps: round 0 {first.heldout_after:.3f} -> "
           f"round {last.round} {last.heldout_after:.3f} "
           f"(before adaptation {first.heldout_before:.3f} -> {last.heldout_before:.3f})")
+    ev = res.evaluation
+    if ev:
+        at, fixed = ev["steps"], ev["methods"]["mse"]["fixed"]
+        fleet = ev["fleet"]["mse"]["fixed"][str(at)]
+        print(f"after {at} steps, fixed point: this fleet {fleet:.3f}, "
+              + ", ".join(f"{m} {fixed[m][str(at)]:.3f}" for m in fixed)
+              + f"; fleet / simulated {ev['same_method']} {ev['ratio']['fixed']:.2f}")
     print(f"{len(res.rounds)} rounds in {res.elapsed:.1f} s; report: {res.out}/report.md")
     return 0
