@@ -8,7 +8,6 @@ samples and sends the adapted weights. main.py builds one from config.json and r
 
 import gc
 import json
-import os
 import time
 from array import array
 from binascii import crc32
@@ -17,7 +16,7 @@ import datasource
 import describe
 from micropython import const
 from mlp import MLP
-from store import Store
+from store import Store, replace
 from tfshared import hmac, weights, wire
 
 try:
@@ -383,14 +382,7 @@ def write_atomic(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
-    try:
-        os.rename(tmp, path)
-    except OSError:  # FAT: the target exists
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-        os.rename(tmp, path)
+    replace(tmp, path)
 
 
 def parse_key(text):

@@ -140,11 +140,17 @@ class Store:
             f.close()
 
     def _replace(self, src, dst):
+        replace(src, dst)
+
+
+def replace(src, dst):
+    """Rename `src` over `dst`: atomic on littlefs and the unix port. On FAT a rename onto
+    an existing file fails, so remove the target first (load() then finds the tmp twin)."""
+    try:
+        os.rename(src, dst)
+    except OSError:  # FAT: the target exists
         try:
-            os.rename(src, dst)
-        except OSError:  # FAT: the target exists
-            try:
-                os.remove(dst)
-            except OSError:
-                pass
-            os.rename(src, dst)
+            os.remove(dst)
+        except OSError:
+            pass
+        os.rename(src, dst)

@@ -96,4 +96,5 @@ def run(root: Path, script: str, build: str = "64", heapsize: str | None = None,
         return subprocess.run(argv, cwd=root, env=env_for(root), capture_output=True,
                               timeout=timeout, input=input_bytes)
     except subprocess.TimeoutExpired as exc:
-        raise TinyFleetError(f"MicroPython run of {script} timed out after {timeout:.0f} s") from exc
+        raise TinyFleetError(
+            f"MicroPython run of {script} timed out after {timeout:.0f} s") from exc
