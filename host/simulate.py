@@ -144,9 +144,29 @@ def _eval_arith(settings: Any, arith: str, recovery: tuple[str, ...]) -> dict[st
     return run_arith(settings, arith, recovery=bool(recovery), recovery_methods=recovery)
 
 
+def _eval_child(conn: Any, settings: Any, arith: str, recovery: tuple[str, ...]) -> None:
+    """A spawned evaluation process: send ("ok", result) or ("error", text), then exit."""
+    _eval_worker_init()
+    try:
+        conn.send(("ok", _eval_arith(settings, arith, recovery)))
+    except BaseException as exc:  # noqa: BLE001  (reported to the parent, not lost)
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+class EvalFailed(RuntimeError):
+    """The evaluation beside the fleet did not produce a result (died, failed, too slow)."""
+
+
 class EvalJob:
     """metaeval's methods for a fleet's settings, one spawned low-priority process per
-    arithmetic, running while the fleet does."""
+    arithmetic, running while the fleet does.
+
+    Each process sends its result over its own pipe, so a process that dies or hangs is
+    seen (a pool would lose its task and wait forever) and the fleet's report still gets
+    written, with the evaluation's failure noted.
+    """
 
     def __init__(self, cfg: SimConfig) -> None:
         import multiprocessing
@@ -155,26 +175,60 @@ class EvalJob:
         self.ariths = ("fixed", "float") if cfg.eval_float else ("fixed",)
         meta = "tinyreptile" if cfg.strategy == "tinyreptile" else "reptile"
         self.recovery = (meta,) if cfg.drift and cfg.recovery_tasks else ()
+        # A generous bound: metaeval takes ~0.35 s per round on this 2-core machine.
+        self.timeout = 300.0 + 3.0 * self.settings.rounds
         self.t0 = time.monotonic()
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
-        self.pool = ctx.Pool(len(self.ariths), initializer=_eval_worker_init)
-        self.jobs = [self.pool.apply_async(_eval_arith, (self.settings, a, self.recovery))
-                     for a in self.ariths]
+        self.procs: list[tuple[str, Any, Any]] = []
+        for arith in self.ariths:
+            parent, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_eval_child, daemon=True,
+                               args=(child, self.settings, arith, self.recovery))
+            proc.start()
+            child.close()
+            self.procs.append((arith, proc, parent))
 
     def report(self) -> Any:
-        """Wait for the results: a metaeval.Report (timing["total"]: since the start)."""
+        """Wait for the results: a metaeval.Report (timing["total"]: since the start).
+
+        Raises:
+            EvalFailed: a process died, raised, or ran past self.timeout (all stopped).
+        """
         from .metaeval import make_report
 
-        results = [j.get() for j in self.jobs]
-        self.pool.close()
-        self.pool.join()
+        results = []
+        try:
+            for arith, proc, conn in self.procs:
+                while not conn.poll(0.5):
+                    if not proc.is_alive() and not conn.poll(0):
+                        raise EvalFailed(f"the {arith}-point evaluation process died "
+                                         f"(exit code {proc.exitcode})")
+                    if time.monotonic() - self.t0 > self.timeout:
+                        raise EvalFailed(f"the {arith}-point evaluation took over "
+                                         f"{self.timeout:.0f} s")
+                try:
+                    status, value = conn.recv()
+                except EOFError:  # it exited (or was killed) without sending a result
+                    proc.join(5)
+                    raise EvalFailed(f"the {arith}-point evaluation process died "
+                                     f"(exit code {proc.exitcode})") from None
+                if status != "ok":
+                    raise EvalFailed(f"the {arith}-point evaluation failed: {value}")
+                results.append(value)
+        except BaseException:
+            self.terminate()
+            raise
+        self.terminate()  # all have sent their result: they are exiting anyway
         rep = make_report(self.settings, self.ariths, results)
         rep.timing["total"] = time.monotonic() - self.t0
         return rep
 
     def terminate(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        for _, proc, conn in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(5)
+            conn.close()
 
 
 class Progress:
@@ -367,7 +421,12 @@ def run(cfg: SimConfig, stream: TextIO | None = None,
             every[i].heldout_after = scores[i][cfg.eval_steps]
         comparison = {"fleet": scores[n], "random": scores[0]}
         if job is not None:
-            evaluation = _evaluation(cfg, job, thetas[n], n, scores[n], held, statuses, stream)
+            try:
+                evaluation = _evaluation(cfg, job, thetas[n], n, scores[n], held, statuses,
+                                         stream)
+            except EvalFailed as exc:
+                notes.append(f"evaluation beside the fleet failed: {exc}")
+                stream.write(f"evaluation failed: {exc}\n")
     except BaseException:
         if job is not None:
             job.terminate()

@@ -135,3 +135,20 @@ def test_missing_umqtt_is_one_line_naming_fetch_umqtt(tmp_path: Path):
     assert err.startswith("tinyfleet: error: umqtt.simple") and err.count("\n") == 1, err
     assert "run tools/fetch-umqtt" in err, err
     assert not (tmp_path / "run" / "broker").exists()
+
+
+def test_a_dead_evaluation_process_is_reported_not_waited_for() -> None:
+    # Prepare: the evaluation beside a fleet (two spawned processes), one of them killed
+    import pytest
+    from tinyfleet.simulate import EvalFailed, EvalJob, SimConfig
+
+    job = EvalJob(SimConfig(devices=2, rounds=400, eval_tasks=10))
+    arith, victim, _ = job.procs[0]
+    victim.kill()
+    # Execute
+    t0 = time.monotonic()
+    with pytest.raises(EvalFailed, match=f"the {arith}-point evaluation process died"):
+        job.report()
+    # Assert: noticed at once (a pool would wait forever), nothing left running
+    assert time.monotonic() - t0 < 10
+    assert not any(proc.is_alive() for _, proc, _ in job.procs)
