@@ -15,7 +15,7 @@ from binascii import crc32
 import datasource
 import describe
 from micropython import const
-from mlp import MLP
+from mlp import MLP, zeros
 from store import Store, replace
 from tfshared import hmac, weights, wire
 
@@ -58,18 +58,21 @@ class Offline:
 
 
 class Device:
-    def __init__(self, cfg):
+    def __init__(self, cfg, buffers=None):
+        """buffers: (weights, global) arrays of n_params each, allocated early by main.py
+        (see there); None: allocate them here."""
         self.cfg = cfg
         sizes = tuple(cfg["sizes"])
         self.sizes = sizes
         gc.collect()  # big, long-lived buffers first, while the heap is in one piece
+        w, glob = buffers if buffers else (None, None)
         self.net = MLP(sizes, lr_shift=cfg["lr_shift"], kernel=cfg.get("kernel", "auto"),
-                       seed=cfg["seed"])
+                       seed=cfg["seed"], weights=w)
         n = self.net.n_params
         self.n = n
         # The last accepted global model. A push is decoded straight into it: the codec
         # validates everything before it writes a single element.
-        self.glob = array("i", bytes(4 * n))
+        self.glob = glob if glob is not None else zeros(n)
         self.gver = 0  # version of self.glob; 0: none accepted yet
         key = cfg.get("fleet_key")
         self.key = hmac.Key(parse_key(key)) if key else None  # prepared once, reused

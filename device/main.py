@@ -37,9 +37,16 @@ def main(path="config.json"):
     cfg = config.load(path)
     join_wifi(cfg)
     gc.collect()
-    import agent  # after WiFi: its buffers are allocated while the heap is still whole
+    # The two weight-sized arrays (the model's and the last global's) first, while the
+    # heap is in one piece: the modules imported next leave no contiguous block that big
+    # on a small board (the emulated Cortex-M3 failed to boot with a MemoryError).
+    from mlp import n_params, zeros
 
-    dev = agent.Device(cfg)
+    n = n_params(cfg["sizes"])
+    buffers = (zeros(n), zeros(n))
+    import agent
+
+    dev = agent.Device(cfg, buffers)
     gc.collect()
     print("device %s: model %r kernel %s, %d params, v%d, mem_free %d" % (
         cfg["id"], dev.sizes, dev.net.kernel, dev.n, dev.gver, gc.mem_free()))

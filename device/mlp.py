@@ -84,6 +84,16 @@ def pick_kernel(kernel="auto"):
     return "bytecode", _load_kernel("bytecode")
 
 
+def zeros(n):
+    """array('i') of n zeros in ONE allocation: array('i', bytes(4 * n)) would need a
+    temporary of the same size first, twice the contiguous heap a fragmented board has.
+    (tfshared.weights.zeros is the same for shared code, which cannot import device code.)"""
+    a = array("i", range(n))  # the length is known up front: one allocation
+    for i in range(n):
+        a[i] = 0
+    return a
+
+
 def n_params(sizes):
     n = 0
     for i in range(len(sizes) - 1):
@@ -141,13 +151,15 @@ class MLP:
 
     sizes: layer widths, input first (each 1..128); classify: softmax cross-entropy on an
     int label instead of MSE on Q12 targets; lr_shift: learning rate 2**-lr_shift (>= 1);
-    kernel: 'auto', 'viper', 'ulab' or 'bytecode'; seed: He-uniform init seed.
+    kernel: 'auto', 'viper', 'ulab' or 'bytecode'; seed: He-uniform init seed;
+    weights: an array('i') of n_params to hold the master weights (allocated early by a
+    caller on a heap that imports will fragment), or None to allocate one here.
     Inputs and targets must be array('i') in Q12 (the viper kernel reads their memory).
     Raises ValueError on bad sizes, lr_shift or kernel name; ImportError when a kernel
     asked for by name is not available on this port.
     """
 
-    def __init__(self, sizes, classify=False, lr_shift=6, kernel="auto", seed=0):
+    def __init__(self, sizes, classify=False, lr_shift=6, kernel="auto", seed=0, weights=None):
         check_sizes(sizes)
         if lr_shift < 1:
             raise ValueError("lr_shift must be >= 1, got %d" % lr_shift)
@@ -155,7 +167,11 @@ class MLP:
         self.classify = classify
         self.lr_shift = lr_shift
         self.n_params = n_params(sizes)
-        self._w = init_weights(array("i", bytes(4 * self.n_params)), sizes, seed)
+        if weights is None:
+            weights = zeros(self.n_params)
+        elif len(weights) != self.n_params:
+            raise ValueError("MLP expects %d weights, got %d" % (self.n_params, len(weights)))
+        self._w = init_weights(weights, sizes, seed)
         self._impl = None
         self.kernel, mod = pick_kernel(kernel)
         if self.kernel == "ulab":

@@ -172,7 +172,7 @@ def test_selftest_verdict_and_table() -> None:
 def test_inspect_module_on_unix_port(upy_runner, board_root: Path) -> None:
     (board_root / "config.json").write_text(json.dumps(
         {"id": "d7", "password": "pw", "fleet_key": "", "tinyfleet_version": "9.9"}))
-    r = upy_runner.run_json("import inspect\ninspect.main()", build="32")
+    r = upy_runner.run_json("import tfinspect\ntfinspect.main()", build="32")
     assert r["device_id"] == "d7" and r["tinyfleet"] == "9.9"
     assert r["config"]["password"] == "***" and r["config"]["fleet_key"] == ""
     assert r["model"] is None and r["samples"] is None

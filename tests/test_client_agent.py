@@ -104,7 +104,7 @@ def test_offline_board_learns_and_writes_status(tmp_path: Path, build: str) -> N
     assert st["net"].startswith("down: no network stack: ") and 0 < st["loss"] < 64, st
     assert not (root / "status.json.tmp").exists()
     # ...and inspect reads it (secrets masked)
-    r = json.loads(run_script(root, "insp.py", "import inspect\ninspect.main()\n", build)[-1])
+    r = json.loads(run_script(root, "insp.py", "import tfinspect\ntfinspect.main()\n", build)[-1])
     assert (r["samples"], r["kernel"], r["model_version"], r["state"], r["last_round"]) == (
         350, "viper", 0, "stopped", 0), r
     assert r["model"] == {"sizes": [1, 40, 40, 1], "version": 0, "params": 1761,

@@ -161,7 +161,7 @@ def test_deploy_is_incremental_and_boots(port: str, run_cli, files) -> None:
 
     # The deployed modules are the compiled ones
     r = board_mp.exec_json(port, (
-        "import json, mlp, config, store, inspect, selftest; from tfshared import weights\n"
+        "import json, mlp, config, store, tfinspect, selftest; from tfshared import weights\n"
         "print(json.dumps([mlp.__file__, weights.__file__, config.load()['id']]))"))
     assert r[0] == "mlp.mpy" and r[2] == "emu-1", r
     assert r[1].endswith("lib/tfshared/weights.mpy"), r

@@ -1,4 +1,4 @@
-"""`tinyfleet inspect`: what a board runs and how its learning goes (device/inspect.py)."""
+"""`tinyfleet inspect`: what a board runs and how its learning goes (device/tfinspect.py)."""
 
 from __future__ import annotations
 
@@ -50,12 +50,12 @@ def read(port: str, restart: bool = True) -> dict[str, object]:
     from ..errors import TinyFleetError
 
     try:
-        report = board_mp.exec_json(port, "import inspect; inspect.main()",
+        report = board_mp.exec_json(port, "import tfinspect; tfinspect.main()",
                                     timeout=board_mp.PROBE_TIMEOUT + 15,
                                     after=["reset"] if restart else [])
     except TinyFleetError as exc:
-        if "no module named 'inspect'" in str(exc).lower() or "has no attribute" in str(exc):
-            raise TinyFleetError(f"TinyFleet is not deployed on {port} (no inspect module); "
+        if "no module named 'tfinspect'" in str(exc).lower():
+            raise TinyFleetError(f"TinyFleet is not deployed on {port} (no tfinspect module); "
                                  "run tinyfleet deploy") from exc
         raise
     if not isinstance(report, dict):

@@ -2,7 +2,7 @@
 memory and config (secrets masked), printed as one JSON line. Fields that do not exist
 (yet) on this board are null. Reads files only; never starts the device client.
 
-    import inspect; inspect.main()
+    import tfinspect; tfinspect.main()
 """
 
 import gc
