@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import TinyFleetError
 
@@ -86,6 +87,26 @@ def exec_json(port: str, code: str, timeout: float = DEFAULT_TIMEOUT,
         except ValueError:
             pass
     raise TinyFleetError(explain(port, proc.stdout + "\n" + proc.stderr))
+
+
+def exec_device(port: str, module: str, code: str, timeout: float = DEFAULT_TIMEOUT,
+                after: Sequence[str] = ()) -> dict[str, Any]:
+    """exec_json of `code`, which imports the device module `module` and prints a JSON
+    object; a board without that module gets the one-line "not deployed" error.
+
+    Raises:
+        TinyFleetError: not deployed, mpremote failed, or the answer is not a JSON object.
+    """
+    try:
+        answer = exec_json(port, code, timeout=timeout, after=after)
+    except TinyFleetError as exc:
+        if f"no module named '{module}'" in str(exc).lower():
+            raise TinyFleetError(f"TinyFleet is not deployed on {port} (no {module} module); "
+                                 "run tinyfleet deploy first") from exc
+        raise
+    if not isinstance(answer, dict):
+        raise TinyFleetError(f"unexpected {module} answer from {port}")
+    return answer
 
 
 def ensure_repl(port: str, timeout: float = PROBE_TIMEOUT) -> None:

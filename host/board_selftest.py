@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from . import board_mp, reference
-from .errors import TinyFleetError
 
 
 @dataclass(frozen=True)
@@ -62,15 +61,7 @@ def run_case(port: str, case: Case, reps: int = 2) -> dict[str, Any]:
     xs, ys = case.samples()
     code = (f"import selftest; selftest.main({case.sizes!r}, {case.classify!r}, "
             f"{case.lr_shift}, {case.seed}, {xs!r}, {ys!r}, {reps})")
-    try:
-        answer = board_mp.exec_json(port, code, timeout=300)
-    except TinyFleetError as exc:
-        if "no module named 'selftest'" in str(exc).lower():
-            raise TinyFleetError(f"selftest failed on {port}: {exc} (run tinyfleet deploy "
-                                 "first)") from exc
-        raise
-    if not isinstance(answer, dict):
-        raise TinyFleetError(f"unexpected selftest answer from {port}")
+    answer = board_mp.exec_device(port, "selftest", code, timeout=300)
     crc, head = case.expected()
     for r in answer["results"]:
         judge(r, crc, head)

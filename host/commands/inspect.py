@@ -47,20 +47,10 @@ def read(port: str, restart: bool = True) -> dict[str, object]:
         TinyFleetError: board I/O failed or TinyFleet is not deployed on it.
     """
     from .. import board_mp
-    from ..errors import TinyFleetError
 
-    try:
-        report = board_mp.exec_json(port, "import tfinspect; tfinspect.main()",
-                                    timeout=board_mp.PROBE_TIMEOUT + 15,
-                                    after=["reset"] if restart else [])
-    except TinyFleetError as exc:
-        if "no module named 'tfinspect'" in str(exc).lower():
-            raise TinyFleetError(f"TinyFleet is not deployed on {port} (no tfinspect module); "
-                                 "run tinyfleet deploy") from exc
-        raise
-    if not isinstance(report, dict):
-        raise TinyFleetError(f"unexpected inspect answer from {port}")
-    return report
+    return board_mp.exec_device(port, "tfinspect", "import tfinspect; tfinspect.main()",
+                                timeout=board_mp.PROBE_TIMEOUT + 15,
+                                after=["reset"] if restart else [])
 
 
 def run(args: argparse.Namespace) -> int:
