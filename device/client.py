@@ -20,6 +20,17 @@ _SKIP = const(256)  # drain buffer for oversized messages
 _MAX_TOPIC = const(160)
 
 
+def _put_length(buf, sz):
+    """MQTT's remaining length into buf[1:] (7 bits a byte); returns the index after it."""
+    i = 1
+    while sz > 0x7F:
+        buf[i] = (sz & 0x7F) | 0x80
+        sz >>= 7
+        i += 1
+    buf[i] = sz
+    return i + 1
+
+
 class Dropped(Exception):
     """Raised inside the client when an incoming message is refused; never escapes."""
 
@@ -118,13 +129,7 @@ class FleetMQTT(MQTTClient):
             sz += 2 + len(self.lw_topic) + 2 + len(self.lw_msg)
             msg[6] |= 0x4 | (self.lw_qos & 0x1) << 3 | (self.lw_qos & 0x2) << 3
             msg[6] |= self.lw_retain << 5
-        i = 1
-        while sz > 0x7F:
-            premsg[i] = (sz & 0x7F) | 0x80
-            sz >>= 7
-            i += 1
-        premsg[i] = sz
-        self._write(premsg, i + 2)
+        self._write(premsg, _put_length(premsg, sz) + 1)
         self._write(msg)
         self._send_str(self.client_id)
         if self.lw_topic:
@@ -185,13 +190,7 @@ class FleetMQTT(MQTTClient):
         pkt = bytearray(b"\x30\0\0\0")
         pkt[0] |= qos << 1 | retain
         sz = 2 + len(topic) + len(msg) + (2 if qos else 0)
-        i = 1
-        while sz > 0x7F:
-            pkt[i] = (sz & 0x7F) | 0x80
-            sz >>= 7
-            i += 1
-        pkt[i] = sz
-        self._write(pkt, i + 1)
+        self._write(pkt, _put_length(pkt, sz))
         self._send_str(topic)
         if qos:
             self.pid = self.pid % 65535 + 1
