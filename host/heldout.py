@@ -5,8 +5,8 @@ Each held-out task gets 10 shots; the model starts from the global weights θ, t
 and is scored by MSE on fresh query points of the same task. The same tasks, shots and
 queries are used for every θ, so round-to-round differences are paired (DESIGN §3).
 
-The integer step is the one of tinyfleet.reference, batched over tasks with numpy
-(tests hold the two to the same integers). Tasks come from device/datasource.py itself,
+The integer step is tinyfleet.metaeval.train_, batched over tasks with numpy (tests hold
+it to tinyfleet.reference's integers, which the boards' are). Tasks come from device/datasource.py itself,
 run under CPython, so held-out tasks are drawn exactly like the boards' tasks.
 """
 
@@ -53,33 +53,6 @@ def batch_forward(w: I64, sizes: Sequence[int], x: I64) -> list[I64]:
     return acts
 
 
-def batch_train_step(w: I64, sizes: Sequence[int], x: I64, y: I64, lr_shift: int) -> I64:
-    """One SGD step (MSE) for each of T networks on its own sample; returns new weights."""
-    acts = batch_forward(w, sizes, x)
-    delta = np.clip(acts[-1] - y, -ref.D_MAX, ref.D_MAX)
-    w = w.copy()
-    t = w.shape[0]
-    r = 1 << (lr_shift - 1)
-    specs = ref.layers(sizes)
-    for n in range(len(specs) - 1, -1, -1):
-        off, n_in, n_out = specs[n]
-        end = off + n_out * (n_in + 1)
-        m = w[:, off:end].reshape(t, n_out, n_in + 1).copy()
-        a = acts[n]
-        below = None
-        if n > 0:  # from the weights before this layer's update (SPEC)
-            wq = (m[:, :, :n_in] + 2048) >> 12
-            g = ((wq * delta[:, :, None]) >> 7).sum(axis=1) >> 5
-            below = np.where((a > 0) & (a < ref.A_MAX), np.clip(g, -ref.D_MAX, ref.D_MAX), 0)
-        m[:, :, :n_in] -= (delta[:, :, None] * a[:, None, :] + r) >> lr_shift
-        m[:, :, n_in] -= (delta * ref.ONE + r) >> lr_shift
-        np.clip(m, -ref.M_MAX, ref.M_MAX, out=m)
-        w[:, off:end] = m.reshape(t, -1)
-        if below is not None:
-            delta = below
-    return w
-
-
 @dataclass
 class HeldOut:
     """A fixed set of held-out sine tasks: shots (T, S) and queries (T, Q), Q12."""
@@ -123,7 +96,7 @@ class HeldOut:
         t = self.shots_x.shape[0]
         w = np.tile(np.asarray(theta, dtype=np.int64), (t, 1))
         before = float(self.mse(w, sizes).mean())
-        # In place (tinyfleet.metaeval, bit-identical to batch_train_step, no copy a step).
+        # In place, with the boards' integers (metaeval.train_ is held to the reference).
         idx = np.arange(steps) % self.shots_x.shape[1]
         train_(w, sizes, self.shots_x[:, idx, None], self.shots_y[:, idx, None], "fixed",
                lr_shift)
